@@ -1,0 +1,1 @@
+"""hnet: byte-level hierarchical language models in JAX/Flax NNX."""

@@ -1,0 +1,118 @@
+"""Multi-head attention: causal or bidirectional, sliding window, packed rows, KV cache.
+
+Shapes: B batch, L query length, S key length, H query heads, K kv heads, Dh head dim.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from hnet.layers.linear import DEFAULT_STD, Dense
+from hnet.layers.rope import apply_rope
+from hnet.sharding import shard
+
+NEG_INF = -1e30
+
+
+def make_mask(q_segment: jax.Array, k_segment: jax.Array, q_index: jax.Array,
+              k_index: jax.Array, *, causal: bool = True, window: int | None = None) -> jax.Array:
+  """Boolean mask [B, 1, L, S]: same document, optionally causal and within a window.
+
+  q_segment [B, L], k_segment [B, S]: document ids (0 = padding, which only sees padding).
+  q_index [B, L], k_index [B, S]: absolute positions in the row (or in the cache).
+  """
+  mask = q_segment[:, :, None] == k_segment[:, None, :]
+  delta = q_index[:, :, None] - k_index[:, None, :]
+  if causal:
+    mask &= delta >= 0
+  if window is not None:
+    mask &= jnp.abs(delta) < window
+  return mask[:, None]
+
+
+def attend(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array,
+           logit_bias: jax.Array | None = None) -> jax.Array:
+  """q [B, L, H, Dh], k/v [B, S, K, Dh], mask [B, 1|H, L, S] -> [B, L, H, Dh].
+
+  Softmax in float32. `logit_bias` (broadcastable to [B, H, L, S]) is added to the
+  logits (relative position bias, soft deletion).
+  """
+  B, L, H, Dh = q.shape
+  K = k.shape[2]
+  q = q.reshape(B, L, K, H // K, Dh)
+  logits = jnp.einsum("blkgd,bskd->bkgls", q, k).astype(jnp.float32) * (Dh ** -0.5)
+  logits = logits.reshape(B, H, L, -1)
+  if logit_bias is not None:
+    logits = logits + logit_bias.astype(jnp.float32)
+  logits = jnp.where(mask, logits, NEG_INF)
+  weights = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
+  weights = weights.reshape(B, K, H // K, L, -1)
+  out = jnp.einsum("bkgls,bskd->blkgd", weights, v)
+  return out.reshape(B, L, H, Dh)
+
+
+class Attention(nnx.Module):
+  """Self-attention with RoPE over packed rows, optional window and KV cache."""
+
+  def __init__(self, dim: int, num_heads: int, *, rngs: nnx.Rngs, num_kv_heads: int | None = None,
+               head_dim: int | None = None, window: int | None = None, causal: bool = True,
+               rope: bool = True, rope_base: float = 10000.0, out_std: float = DEFAULT_STD,
+               dtype=jnp.float32):
+    self.num_heads = num_heads
+    self.num_kv_heads = num_kv_heads or num_heads
+    self.head_dim = head_dim or dim // num_heads
+    self.window, self.causal, self.rope, self.rope_base = window, causal, rope, rope_base
+    inner, kv_inner = self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim
+    self.query = Dense(dim, inner, rngs=rngs, axes=("embed", "heads"), dtype=dtype)
+    self.key = Dense(dim, kv_inner, rngs=rngs, axes=("embed", "heads"), dtype=dtype)
+    self.value = Dense(dim, kv_inner, rngs=rngs, axes=("embed", "heads"), dtype=dtype)
+    self.out = Dense(inner, dim, rngs=rngs, axes=("heads", "embed"), std=out_std, dtype=dtype)
+
+  def _project(self, x, positions):
+    B, L, _ = x.shape
+    q = self.query(x).reshape(B, L, self.num_heads, self.head_dim)
+    k = self.key(x).reshape(B, L, self.num_kv_heads, self.head_dim)
+    v = self.value(x).reshape(B, L, self.num_kv_heads, self.head_dim)
+    if self.rope:
+      q = apply_rope(q, positions, self.rope_base)
+      k = apply_rope(k, positions, self.rope_base)
+    q = shard(q, ("batch", "length", "act_heads", None))
+    return q, k, v
+
+  def __call__(self, x: jax.Array, positions: jax.Array, segment_ids: jax.Array,
+               logit_bias: jax.Array | None = None) -> jax.Array:
+    """x [B, L, D], positions/segment_ids [B, L] -> [B, L, D] (training / full forward)."""
+    q, k, v = self._project(x, positions)
+    index = jnp.broadcast_to(jnp.arange(x.shape[1]), segment_ids.shape)
+    mask = make_mask(segment_ids, segment_ids, index, index, causal=self.causal, window=self.window)
+    out = attend(q, k, v, mask, logit_bias)
+    return self.out(out.reshape(*x.shape[:2], -1))
+
+  def init_cache(self, batch_size: int, max_len: int, dtype=jnp.float32) -> dict[str, Any]:
+    shape = (batch_size, max_len, self.num_kv_heads, self.head_dim)
+    return {"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype)}
+
+  def decode(self, x: jax.Array, cache: dict[str, Any], index: jax.Array,
+             valid: jax.Array | None = None) -> tuple[jax.Array, dict[str, Any]]:
+    """Appends T new positions at cache slot `index` (scalar) and attends causally.
+
+    x [B, T, D]; the positions of the new tokens are index .. index+T-1. `valid`
+    [B, S] marks which cache slots hold real tokens (default: all written slots),
+    so rows whose streams advance at different rates can share one cache.
+    Returns ([B, T, D], new cache).
+    """
+    B, T, _ = x.shape
+    S = cache["k"].shape[1]
+    q_index = index + jnp.broadcast_to(jnp.arange(T), (B, T))
+    q, k, v = self._project(x, q_index)
+    k_all = jax.lax.dynamic_update_slice(cache["k"], k.astype(cache["k"].dtype), (0, index, 0, 0))
+    v_all = jax.lax.dynamic_update_slice(cache["v"], v.astype(cache["v"].dtype), (0, index, 0, 0))
+    k_index = jnp.broadcast_to(jnp.arange(S), (B, S))
+    seg_q = jnp.ones((B, T), jnp.int32)
+    seg_k = jnp.ones((B, S), jnp.int32) if valid is None else valid.astype(jnp.int32)
+    mask = make_mask(seg_q, seg_k, q_index, k_index, causal=True, window=self.window)
+    out = attend(q, k_all.astype(q.dtype), v_all.astype(q.dtype), mask)
+    return self.out(out.reshape(B, T, -1)), {"k": k_all, "v": v_all}
