@@ -96,12 +96,15 @@ class Attention(nnx.Module):
     return {"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype)}
 
   def decode(self, x: jax.Array, cache: dict[str, Any], index: jax.Array,
-             valid: jax.Array | None = None) -> tuple[jax.Array, dict[str, Any]]:
+             valid: jax.Array | None = None,
+             logit_bias: jax.Array | None = None) -> tuple[jax.Array, dict[str, Any]]:
     """Appends T new positions at cache slot `index` (scalar) and attends causally.
 
     x [B, T, D]; the positions of the new tokens are index .. index+T-1. `valid`
     [B, S] marks which cache slots hold real tokens (default: all written slots),
     so rows whose streams advance at different rates can share one cache.
+    `logit_bias` (broadcastable to [B, H, T, S]) is added to the logits, as in __call__
+    (T5 relative position bias over the cache slots).
     Returns ([B, T, D], new cache).
     """
     B, T, _ = x.shape
@@ -114,5 +117,5 @@ class Attention(nnx.Module):
     seg_q = jnp.ones((B, T), jnp.int32)
     seg_k = jnp.ones((B, S), jnp.int32) if valid is None else valid.astype(jnp.int32)
     mask = make_mask(seg_q, seg_k, q_index, k_index, causal=True, window=self.window)
-    out = attend(q, k_all.astype(q.dtype), v_all.astype(q.dtype), mask)
+    out = attend(q, k_all.astype(q.dtype), v_all.astype(q.dtype), mask, logit_bias)
     return self.out(out.reshape(B, T, -1)), {"k": k_all, "v": v_all}
