@@ -1,0 +1,1 @@
+"""Kernels of the H-Net chunk-routing core: routing, chunk, dechunk (see each api.py)."""
