@@ -1,0 +1,192 @@
+"""The training loop: data, checkpoints, evaluation, logging, pre-emption.
+
+    summary = run(config, workdir)
+
+A killed run started again with the same workdir resumes from its newest readable
+checkpoint (params, optimizer, step, RNG, data position) and continues exactly.
+SIGTERM saves a checkpoint and exits cleanly; a NaN loss stops with the step and the
+last good checkpoint.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import signal
+import time
+from typing import Any, Iterator
+
+import jax
+import numpy as np
+
+from hnet import checkpoint, sharding
+from hnet.data import pipeline
+from hnet.optim import schedule
+from hnet.perf import compiled_flops, compiled_memory, measure_matmul_peak
+from hnet.metrics import MetricLogger
+from hnet.train import (Setup, bits_per_byte, init_state, jit_eval_step, jit_train_step,
+                        make_setup)
+
+log = logging.getLogger("hnet")
+
+
+class NonFiniteLossError(RuntimeError):
+  pass
+
+
+class _Preemption:
+  """Turns SIGTERM into a flag the loop checks once per step."""
+
+  def __init__(self):
+    self.requested = False
+    self._previous = None
+
+  def __enter__(self):
+    try:
+      self._previous = signal.signal(signal.SIGTERM, self._handle)
+    except ValueError:  # not the main thread
+      self._previous = None
+    return self
+
+  def _handle(self, signum, frame):
+    del signum, frame
+    self.requested = True
+
+  def __exit__(self, *exc):
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)
+
+
+def data_iterator(config, split: str, *, repeat: bool, seed_offset: int = 0):
+  return pipeline.make_iterator(
+      config.data, split, seq_len=config.data.seq_len, global_batch_size=config.train.batch_size,
+      process_index=jax.process_index(), process_count=jax.process_count(),
+      seed=config.data.shuffle_seed + seed_offset, repeat=repeat)
+
+
+def to_global(setup: Setup, local_batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
+  """Process-local rows -> one global array per key, sharded over the batch axes."""
+  shardings = setup.batch_sharding({k: np.zeros((setup.config.train.batch_size,) + v.shape[1:])
+                                    for k, v in local_batch.items()})
+  return {k: jax.make_array_from_process_local_data(shardings[k], v) for k, v in local_batch.items()}
+
+
+def evaluate(setup: Setup, eval_fn, state, max_batches: int = 0) -> dict[str, float]:
+  """Held-out bpb over the eval split (all of it when max_batches == 0)."""
+  totals: dict[str, float] = {}
+  count = 0
+  for local in data_iterator(setup.config, setup.config.data.eval_split, repeat=False):
+    out = jax.device_get(eval_fn(state["params"], to_global(setup, local), state["extra"]))
+    for k, v in out.items():
+      totals[k] = totals.get(k, 0.0) + float(v)
+    count += 1
+    if max_batches and count >= max_batches:
+      break
+  if not count:
+    raise ValueError(f"the eval split {setup.config.data.eval_split!r} produced no batches")
+  result = {"bpb": bits_per_byte(totals["nats"], totals["bytes"]),
+            "loss": totals["nats"] / max(totals["targets"], 1.0), "bytes": totals["bytes"]}
+  result.update({k: v / count for k, v in totals.items() if k.startswith("model/")})
+  return result
+
+
+def _check_finite(metrics: dict[str, float], step: int, manager) -> None:
+  if not math.isfinite(metrics["loss"]) or not math.isfinite(metrics["grad_norm"]):
+    good = manager.latest_step()
+    where = (f"the last good checkpoint is step {good} in {manager.directory}"
+             if good is not None else "no checkpoint was saved yet")
+    raise NonFiniteLossError(
+        f"loss became {metrics['loss']} (grad norm {metrics['grad_norm']}) at step {step}; {where}. "
+        "Lower --config.train.lr, raise warmup or use float32, then rerun with the same "
+        "--workdir to resume from that checkpoint.")
+
+
+def run(config, workdir: str) -> dict[str, Any]:
+  """Trains `config` in `workdir` (resuming if it holds checkpoints); returns a summary."""
+  os.makedirs(workdir, exist_ok=True)
+  mesh = sharding.make_mesh(config.mesh.data, config.mesh.fsdp, config.mesh.tensor)
+  setup = make_setup(config, mesh)
+  manager = checkpoint.make_manager(os.path.join(workdir, "checkpoints"), keep=config.checkpoint.keep,
+                                    async_save=config.checkpoint.async_save)
+  train_iter = data_iterator(config, config.data.train_split, repeat=True)
+  if manager.latest_step() is not None:
+    start, state = checkpoint.restore(manager, setup.abstract_state, train_iter)
+    log.info("resumed from step %d in %s", start, manager.directory)
+  else:
+    start, state = 0, init_state(setup)
+  if jax.process_index() == 0:
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+      f.write(config.to_json_best_effort(indent=2))
+
+  first = next(train_iter)
+  example = to_global(setup, first)
+  with jax.set_mesh(mesh):
+    compiled = jit_train_step(setup, example).lower(state, example).compile()
+  eval_fn = jit_eval_step(setup, example)
+  step_flops = compiled_flops(compiled)
+  memory = compiled_memory(compiled)
+  peak = measure_matmul_peak(1024, repeats=3) * jax.local_device_count()
+  lr_at = schedule(config)
+  log.info("train step: %.3g FLOPs, memory per device %s", step_flops, memory)
+
+  logger = MetricLogger(workdir, config.train.steps, start)
+  pending, last_time, last_step = None, time.perf_counter(), start
+  started = time.perf_counter()
+  summary: dict[str, Any] = {"start_step": start, "step_flops": step_flops, "memory": memory,
+                             "losses": {}}
+  batch, step = example, start
+  with _Preemption() as preemption:
+    while step < config.train.steps:
+      state, metrics = compiled(state, batch)
+      step += 1
+      logger.advance()
+      log_now = step % config.train.log_every == 0 or step == config.train.steps
+      save_now = step % config.checkpoint.every == 0 or step == config.train.steps
+      out_of_time = config.train.max_seconds and time.perf_counter() - started > config.train.max_seconds
+      stop = preemption.requested or out_of_time
+      if pending is not None:  # fetched one step late, so dispatch stays asynchronous
+        _log_train(logger, summary, *pending, lr_at, last_time, last_step, step_flops, peak)
+        last_time, last_step = time.perf_counter(), pending[0]
+        pending = None
+      if log_now or save_now or stop:
+        pending = (step, jax.device_get(metrics))
+        _check_finite(pending[1], step, manager)
+      if config.train.eval_every and step % config.train.eval_every == 0 and step < config.train.steps:
+        logger.write(step, evaluate(setup, eval_fn, state, config.train.eval_batches), "eval")
+      if save_now or stop:
+        checkpoint.save(manager, step, state, train_iter, force=True)
+      if stop:
+        logger.bar.write(f"stopping at step {step} ({'SIGTERM' if preemption.requested else 'time budget'}); "
+                         f"checkpoint saved in {manager.directory}")
+        break
+      if step < config.train.steps:
+        batch = to_global(setup, next(train_iter))
+  if pending is not None:
+    _log_train(logger, summary, *pending, lr_at, last_time, last_step, step_flops, peak)
+  manager.wait_until_finished()
+  summary["step"] = step
+  summary["train_seconds"] = time.perf_counter() - started
+  if step >= config.train.steps:
+    summary["eval"] = evaluate(setup, eval_fn, state, 0)
+    logger.write(step, summary["eval"], "eval")
+  logger.close()
+  manager.close()
+  if jax.process_index() == 0:
+    with open(os.path.join(workdir, "summary.json"), "w") as f:
+      json.dump(summary, f, indent=2, default=float)
+  summary["state"] = state
+  return summary
+
+
+def _log_train(logger, summary, step, metrics, lr_at, last_time, last_step, step_flops, peak):
+  elapsed = max(time.perf_counter() - last_time, 1e-9)
+  steps_done = max(step - last_step, 1)
+  scalars = {k: float(v) for k, v in metrics.items() if np.ndim(v) == 0}
+  scalars["bpb"] = bits_per_byte(metrics["nats"], metrics["bytes"])
+  scalars["lr"] = float(lr_at(step - 1))
+  scalars["bytes_per_s"] = float(metrics["bytes"]) * steps_done / elapsed
+  scalars["model_flops_per_s"] = step_flops * steps_done / elapsed
+  scalars["mfu"] = scalars["model_flops_per_s"] / peak
+  summary["losses"][step] = scalars["loss"]
+  logger.write(step, scalars, "train")

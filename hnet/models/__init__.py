@@ -1,0 +1,39 @@
+"""config.model.name -> model constructor. Imports are lazy so a family's
+dependencies load only when it is used."""
+from __future__ import annotations
+
+import importlib
+
+from flax import nnx
+
+# name -> "module:function"; the function is build(model_config, rngs) -> nnx.Module.
+MODELS = {
+    "transformer": "hnet.models.transformer:build",
+    "mrt5": "hnet.models.mrt5:build",
+    "byt5": "hnet.models.mrt5:build",
+}
+
+
+def build_model(model_config, rngs: nnx.Rngs) -> nnx.Module:
+  name = model_config.name
+  if name not in MODELS:
+    raise ValueError(f"unknown model name {name!r}; known: {sorted(MODELS)} "
+                     "(set --config.model.name to one of them)")
+  module_name, fn_name = MODELS[name].split(":")
+  return getattr(importlib.import_module(module_name), fn_name)(model_config, rngs)
+
+
+# name -> "module:Class" of a controller: non-gradient state a family keeps in the
+# train state (saved in checkpoints). A controller has init() -> dict,
+# batch_inputs(extra) -> dict of extra batch entries, update(extra, metrics) -> dict.
+CONTROLLERS = {
+    "mrt5": "hnet.models.mrt5:Controller",
+}
+
+
+def controller_for(model_config):
+  spec = CONTROLLERS.get(model_config.name)
+  if spec is None:
+    return None
+  module_name, cls_name = spec.split(":")
+  return getattr(importlib.import_module(module_name), cls_name)(model_config)
