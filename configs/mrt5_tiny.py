@@ -1,0 +1,44 @@
+"""MrT5 tiny: byte encoder-decoder with a delete gate, trainable on CPU.
+
+4 encoder + 1 decoder layers (T5 v1.1 blocks, relative position bias), delete gate
+after encoder layer 2, PI controller towards deleting 50% of the encoder bytes.
+Data: ByT5 span corruption (15% noise, mean span 20 bytes) over packed rows of
+`seq_len` encoder bytes and `decoder_seq_len` decoder positions.
+"""
+import ml_collections
+
+from configs import base
+
+
+def get_config() -> ml_collections.ConfigDict:
+  c = base.get_config()
+  m = c.model
+  m.name = "mrt5"
+  m.dim = 128
+  m.num_encoder_layers = 4
+  m.num_decoder_layers = 1
+  m.num_layers = 5                 # informational: encoder + decoder
+  m.num_heads = 4
+  m.num_kv_heads = 4
+  m.head_dim = 32                  # T5 d_kv
+  m.mlp_dim = 256                  # gated-GELU hidden width (T5 d_ff)
+  m.rel_buckets = 32               # T5 relative position buckets per stack
+  m.rel_max_distance = 128
+  m.gate_layer = 2                 # delete gate after this many encoder layers (paper: 3)
+  m.gate_k = -30.0                 # G = k * sigmoid(.) in (k, 0); hard delete if G < k/2
+  m.gate_bias_init = -10.0         # sigmoid(-10) ~ 5e-5: almost nothing deleted at first
+  m.gate_alpha = 0.0               # alpha when the batch has no "mrt5_alpha" (controller off)
+  m.target_deletion_ratio = 0.5    # PI controller target
+  m.controller_ki = 1e-5           # PI controller integral gain
+  m.hard_delete_fractions = (0.25, 0.5, 0.75, 1.0)  # inference capacity buckets (x L)
+
+  c.data.layout = "span_corruption"
+  c.data.seq_len = 256             # encoder positions per packed row
+  c.data.decoder_seq_len = 64      # decoder positions per packed row
+  c.data.objective = "span_corruption"  # span_corruption | prefix_lm
+  c.data.noise_density = 0.15
+  c.data.mean_span_length = 20.0
+
+  c.train.batch_size = 16
+  c.train.lr = 1e-3
+  return c

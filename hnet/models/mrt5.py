@@ -1,0 +1,437 @@
+"""MrT5: a ByT5-style byte encoder-decoder with a learned delete gate (and ByT5 itself).
+
+Paper: "MrT5: Dynamic Token Merging for Efficient Byte-level Language Models"
+(see /work/shared/MODELS.md section 5). Written for this project from the paper's
+description; no code copied.
+
+Architecture (T5 v1.1 / ByT5):
+  shared byte embedding [V, D] (encoder and decoder inputs), untied output head;
+  encoder: N_enc x (pre-RMSNorm bidirectional self-attention + pre-RMSNorm gated-GELU
+  FFN), final RMSNorm; decoder: N_dec x (causal self-attention, cross-attention over the
+  encoder output, gated-GELU FFN), final RMSNorm -> head. No biases, no RoPE: each stack
+  has one T5 relative position bias table (hnet/layers/relative_position.py), shared by
+  all its self-attention layers (bidirectional in the encoder, causal in the decoder);
+  cross-attention has no position bias. Unlike T5 we keep the usual 1/sqrt(Dh) logit
+  scale of the shared `attend` (T5 folds it into the init); the relative bias is added
+  after scaling.
+
+Delete gate (MrT5 only; `gate_layer` > 0): after encoder layer `gate_layer` (1-based, the
+paper uses 3) G_i = k * sigmoid(w . RMSNorm(h_i) + b), k = -30, so G_i in (-30, 0);
+G near 0 = keep. b starts at `gate_bias_init` = -10 (sigmoid(-10) ~ 5e-5, G ~ -1e-3), so
+at first nothing is deleted and the model is nearly ByT5.
+  Soft deletion (training, default): G_i is added to the attention logit of key i in
+  every later encoder self-attention and in every decoder cross-attention.
+  Hard deletion (inference, `capacity=C`): positions with G_i < k/2 = -15 (and padding)
+  are dropped; the kept ones are compacted to the front of a static buffer of C slots
+  (order-preserving gather, original positions kept for the relative bias) and the later
+  layers and the cross-attention really run on C positions. Kept positions still add
+  their G_i as a logit bias, so hard deletion differs from soft deletion only by the
+  keys whose weight was already scaled by exp(G_i) < exp(-15). Kept positions beyond C
+  are counted in metrics["deletion_overflow"], never silently dropped. `encode_hard`
+  picks C on the host from static fractions of L (one compiled function per bucket).
+  Regulariser: aux_losses["gate_reg"] = alpha * mean_i G_i over real encoder positions
+  (lower when more is deleted). alpha comes from batch["mrt5_alpha"] (scalar or [B],
+  set by the train loop from the PI controller below) or else the static `gate_alpha`.
+
+Batch keys (packed rows; documents in the encoder and decoder streams share segment
+ids, 0 = padding; positions restart at 0 per document):
+  encoder_inputs, encoder_segment_ids, encoder_positions        [B, Le]
+  decoder_inputs (or inputs), targets, segment_ids, positions,
+  loss_mask                                                      [B, Ld]
+Output logits [B, Ld, V] are aligned with batch["targets"].
+
+Generation (encoder-decoder): encoded = model.encode(batch) (or encode_hard(model,
+batch)); cache = model.init_cache(B, max_len, encoded) -- the cache holds the encoder
+output, its cross-attention keys/values per decoder layer and the validity/gate bias of
+the memory; then logits [B, V], cache = model.decode_step(cache, ids [B]). In cached
+decoding each row is one document and attends to every real (segment > 0) encoder slot.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Sequence
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from hnet.layers.attention import Attention, attend, make_mask
+from hnet.layers.linear import DEFAULT_STD, Dense, Embed, normal_param
+from hnet.layers.mlp import SwiGLU
+from hnet.layers.norm import RMSNorm
+from hnet.layers.relative_position import RelativePositionBias
+from hnet.models.output import ModelOutput
+from hnet.sharding import shard
+
+GATE_K = -30.0
+DEFAULT_HARD_DELETE_FRACTIONS = (0.25, 0.5, 0.75, 1.0)
+
+
+def gelu_tanh(x: jax.Array) -> jax.Array:
+  """T5 v1.1 'gelu_new' (tanh approximation) for the gated-GELU FFN."""
+  return jax.nn.gelu(x, approximate=True)
+
+
+# --------------------------------------------------------------------------- controller
+
+def controller_init() -> dict[str, jax.Array]:
+  """PI controller state for alpha (save it with the train state)."""
+  zero = jnp.zeros((), jnp.float32)
+  return {"p": zero, "i": zero, "alpha": zero}
+
+
+def controller_update(state: dict[str, jax.Array], measured_ratio, target_ratio: float = 0.5,
+                      k_i: float = 1e-5) -> dict[str, jax.Array]:
+  """One PI step: e = target - measured; p <- 0.9 p + 0.05 e; i <- i + k_i e;
+  alpha = max(0, p + i). Pure and jit-able."""
+  error = jnp.asarray(target_ratio, jnp.float32) - jnp.asarray(measured_ratio, jnp.float32)
+  p = 0.9 * state["p"] + 0.05 * error
+  i = state["i"] + k_i * error
+  return {"p": p, "i": i, "alpha": jnp.maximum(0.0, p + i)}
+
+
+# --------------------------------------------------------------------------- layers
+
+class DeleteGate(nnx.Module):
+  """G = k * sigmoid(w . RMSNorm(h) + b): [B, L, D] -> [B, L] float32 in (k, 0)."""
+
+  def __init__(self, dim: int, *, rngs: nnx.Rngs, k: float = GATE_K, bias_init: float = -10.0):
+    self.norm = RMSNorm(dim)
+    self.weight = normal_param(rngs, (dim,), ("embed",))
+    self.bias = nnx.Param(jnp.full((), bias_init, jnp.float32), axes=())
+    self.k = k
+
+  def __call__(self, h: jax.Array) -> jax.Array:
+    z = jnp.einsum("bld,d->bl", self.norm(h).astype(jnp.float32), self.weight[...]) + self.bias[...]
+    return self.k * jax.nn.sigmoid(z)
+
+
+class CrossAttention(nnx.Module):
+  """Decoder queries over encoder memory (no position bias, optional gate logit bias)."""
+
+  def __init__(self, dim: int, num_heads: int, head_dim: int, *, rngs: nnx.Rngs,
+               out_std: float = DEFAULT_STD, dtype=jnp.float32):
+    self.num_heads, self.head_dim = num_heads, head_dim
+    inner = num_heads * head_dim
+    self.query = Dense(dim, inner, rngs=rngs, axes=("embed", "heads"), dtype=dtype)
+    self.key = Dense(dim, inner, rngs=rngs, axes=("embed", "heads"), dtype=dtype)
+    self.value = Dense(dim, inner, rngs=rngs, axes=("embed", "heads"), dtype=dtype)
+    self.out = Dense(inner, dim, rngs=rngs, axes=("heads", "embed"), std=out_std, dtype=dtype)
+
+  def project_memory(self, memory: jax.Array) -> dict[str, jax.Array]:
+    """memory [B, S, D] -> {"k", "v"} [B, S, H, Dh] (computed once per generation)."""
+    B, S, _ = memory.shape
+    return {"k": self.key(memory).reshape(B, S, self.num_heads, self.head_dim),
+            "v": self.value(memory).reshape(B, S, self.num_heads, self.head_dim)}
+
+  def __call__(self, x: jax.Array, q_segment: jax.Array, memory_kv: dict[str, jax.Array],
+               k_segment: jax.Array, logit_bias: jax.Array | None) -> jax.Array:
+    """x [B, L, D], q_segment [B, L], k_segment [B, S], logit_bias [B, 1, 1, S] -> [B, L, D]."""
+    B, L, _ = x.shape
+    q = self.query(x).reshape(B, L, self.num_heads, self.head_dim)
+    q = shard(q, ("batch", "length", "act_heads", None))
+    zeros_q, zeros_k = jnp.zeros_like(q_segment), jnp.zeros_like(k_segment)
+    mask = make_mask(q_segment, k_segment, zeros_q, zeros_k, causal=False)
+    out = attend(q, memory_kv["k"].astype(q.dtype), memory_kv["v"].astype(q.dtype), mask,
+                 logit_bias)
+    return self.out(out.reshape(B, L, -1))
+
+
+class EncoderBlock(nnx.Module):
+  def __init__(self, dim: int, num_heads: int, head_dim: int, mlp_dim: int, *, rngs: nnx.Rngs,
+               out_std: float, dtype=jnp.float32):
+    self.attn_norm = RMSNorm(dim)
+    self.attn = Attention(dim, num_heads, rngs=rngs, head_dim=head_dim, causal=False, rope=False,
+                          out_std=out_std, dtype=dtype)
+    self.mlp_norm = RMSNorm(dim)
+    self.mlp = SwiGLU(dim, mlp_dim, rngs=rngs, out_std=out_std, dtype=dtype, activation=gelu_tanh)
+
+  def __call__(self, x, positions, segment_ids, logit_bias):  # [B, L, D] -> [B, L, D]
+    x = x + self.attn(self.attn_norm(x), positions, segment_ids, logit_bias)
+    x = x + self.mlp(self.mlp_norm(x))
+    return shard(x, ("batch", "length", "act_embed"))
+
+
+class DecoderBlock(nnx.Module):
+  def __init__(self, dim: int, num_heads: int, head_dim: int, mlp_dim: int, *, rngs: nnx.Rngs,
+               out_std: float, dtype=jnp.float32):
+    self.self_attn_norm = RMSNorm(dim)
+    self.self_attn = Attention(dim, num_heads, rngs=rngs, head_dim=head_dim, causal=True,
+                               rope=False, out_std=out_std, dtype=dtype)
+    self.cross_attn_norm = RMSNorm(dim)
+    self.cross_attn = CrossAttention(dim, num_heads, head_dim, rngs=rngs, out_std=out_std,
+                                     dtype=dtype)
+    self.mlp_norm = RMSNorm(dim)
+    self.mlp = SwiGLU(dim, mlp_dim, rngs=rngs, out_std=out_std, dtype=dtype, activation=gelu_tanh)
+
+  def _cross_and_mlp(self, x, q_segment, memory_kv, memory_segment, memory_bias):
+    x = x + self.cross_attn(self.cross_attn_norm(x), q_segment, memory_kv, memory_segment,
+                            memory_bias)
+    x = x + self.mlp(self.mlp_norm(x))
+    return shard(x, ("batch", "length", "act_embed"))
+
+  def __call__(self, x, positions, segment_ids, self_bias, memory_kv, memory_segment,
+               memory_bias):
+    x = x + self.self_attn(self.self_attn_norm(x), positions, segment_ids, self_bias)
+    return self._cross_and_mlp(x, segment_ids, memory_kv, memory_segment, memory_bias)
+
+  def decode(self, x, cache, index, self_bias, memory_kv, memory_segment, memory_bias):
+    """x [B, 1, D] at decoder position `index` -> ([B, 1, D], new self-attention cache)."""
+    h, cache = self.self_attn.decode(self.self_attn_norm(x), cache, index, logit_bias=self_bias)
+    x = x + h
+    q_segment = jnp.ones(x.shape[:2], jnp.int32)
+    return self._cross_and_mlp(x, q_segment, memory_kv, memory_segment, memory_bias), cache
+
+
+# --------------------------------------------------------------------------- model
+
+def _compact(kept: jax.Array, capacity: int, hidden, segment_ids, positions, gate):
+  """Moves kept positions to the front (order kept) of `capacity` slots.
+
+  kept [B, L] bool; hidden [B, L, D]; segment_ids/positions/gate [B, L]
+  -> the same arrays with L -> capacity (empty slots: segment 0, gate 0), overflow count.
+  """
+  order = jnp.argsort(jnp.logical_not(kept).astype(jnp.int32), axis=1, stable=True)
+  order = order[:, :capacity]  # [B, C]
+  count = jnp.sum(kept, axis=1)  # [B]
+  slot_used = jnp.arange(capacity)[None, :] < count[:, None]  # [B, C]
+  take = lambda a: jnp.take_along_axis(a, order, axis=1)
+  hidden = jnp.take_along_axis(hidden, order[..., None], axis=1)
+  segment_ids = jnp.where(slot_used, take(segment_ids), 0)
+  positions = jnp.where(slot_used, take(positions), 0)
+  gate = jnp.where(slot_used, take(gate), 0.0)
+  overflow = jnp.sum(jnp.maximum(count - capacity, 0))
+  return hidden, segment_ids, positions, gate, overflow
+
+
+class MrT5(nnx.Module):
+  def __init__(self, *, vocab_size: int, dim: int, num_encoder_layers: int,
+               num_decoder_layers: int, num_heads: int, head_dim: int, mlp_dim: int,
+               rngs: nnx.Rngs, gate_layer: int = 0, gate_k: float = GATE_K,
+               gate_bias_init: float = -10.0, gate_alpha: float = 0.0,
+               rel_buckets: int = 32, rel_max_distance: int = 128,
+               hard_delete_fractions: Sequence[float] = DEFAULT_HARD_DELETE_FRACTIONS,
+               dtype=jnp.float32):
+    if not 0 <= gate_layer <= num_encoder_layers:
+      raise ValueError(f"gate_layer={gate_layer} must lie in [0, {num_encoder_layers}] "
+                       "(0 = no delete gate, i.e. ByT5)")
+    self.gate_layer, self.gate_k, self.gate_alpha = gate_layer, gate_k, gate_alpha
+    self.hard_delete_fractions = tuple(hard_delete_fractions)
+    enc_std = DEFAULT_STD / (2 * num_encoder_layers) ** 0.5
+    dec_std = DEFAULT_STD / (3 * num_decoder_layers) ** 0.5
+    block_args = dict(rngs=rngs, dtype=dtype)
+    self.embed = Embed(vocab_size, dim, rngs=rngs, dtype=dtype)
+    self.encoder_position_bias = RelativePositionBias(
+        num_heads, bidirectional=True, rngs=rngs, num_buckets=rel_buckets,
+        max_distance=rel_max_distance)
+    self.encoder_layers = nnx.List([
+        EncoderBlock(dim, num_heads, head_dim, mlp_dim, out_std=enc_std, **block_args)
+        for _ in range(num_encoder_layers)])
+    self.gate = (DeleteGate(dim, rngs=rngs, k=gate_k, bias_init=gate_bias_init)
+                 if gate_layer else None)
+    self.encoder_norm = RMSNorm(dim)
+    self.decoder_position_bias = RelativePositionBias(
+        num_heads, bidirectional=False, rngs=rngs, num_buckets=rel_buckets,
+        max_distance=rel_max_distance)
+    self.decoder_layers = nnx.List([
+        DecoderBlock(dim, num_heads, head_dim, mlp_dim, out_std=dec_std, **block_args)
+        for _ in range(num_decoder_layers)])
+    self.decoder_norm = RMSNorm(dim)
+    self.head = Dense(dim, vocab_size, rngs=rngs, axes=("embed", "vocab"), dtype=dtype)
+
+  # ---- encoder
+  def encode_front(self, batch: dict[str, jax.Array]) -> dict[str, Any]:
+    """Embedding and the encoder layers before the gate; the gate values.
+
+    Returns hidden [B, L, D], segment_ids/positions [B, L], gate [B, L] (None for ByT5).
+    """
+    segment_ids, positions = batch["encoder_segment_ids"], batch["encoder_positions"]
+    x = shard(self.embed(batch["encoder_inputs"]), ("batch", "length", "act_embed"))
+    bias = self.encoder_position_bias(positions, positions)  # [B, H, L, L]
+    num_front = self.gate_layer if self.gate is not None else len(self.encoder_layers)
+    for layer in self.encoder_layers[:num_front]:
+      x = layer(x, positions, segment_ids, bias)
+    gate = self.gate(x) if self.gate is not None else None
+    return {"hidden": x, "segment_ids": segment_ids, "positions": positions, "gate": gate}
+
+  def encode_back(self, front: dict[str, Any], capacity: int | None = None) -> dict[str, Any]:
+    """The encoder layers after the gate (soft deletion, or hard into `capacity` slots).
+
+    Returns {"hidden" [B, C, D], "segment_ids" [B, C], "gate" [B, C] | None, "stats"}
+    with C = L for soft deletion. stats: gate_mean (differentiable), deletion_ratio,
+    deletion_overflow, kept_max (the largest kept count in a row; sizes buckets).
+    """
+    x, segment_ids, positions, gate = (front["hidden"], front["segment_ids"],
+                                       front["positions"], front["gate"])
+    stats: dict[str, jax.Array] = {}
+    if gate is not None:
+      real = segment_ids > 0
+      num_real = jnp.maximum(jnp.sum(real), 1)
+      deleted = (gate < self.gate_k / 2) & real
+      kept = real & jnp.logical_not(deleted)
+      stats["gate_mean"] = jnp.sum(jnp.where(real, gate, 0.0)) / num_real
+      stats["deletion_ratio"] = jnp.sum(deleted) / num_real
+      stats["kept_max"] = jnp.max(jnp.sum(kept, axis=1))
+      if capacity is not None:
+        x, segment_ids, positions, gate, overflow = _compact(kept, capacity, x, segment_ids,
+                                                             positions, gate)
+        stats["deletion_overflow"] = overflow
+      bias = (self.encoder_position_bias(positions, positions)
+              + gate[:, None, None, :])  # soft deletion: [B, H, C, C]
+      for layer in self.encoder_layers[self.gate_layer:]:
+        x = layer(x, positions, segment_ids, bias)
+    x = self.encoder_norm(x)
+    return {"hidden": x, "segment_ids": segment_ids, "gate": gate, "stats": stats}
+
+  def encode(self, batch: dict[str, jax.Array], capacity: int | None = None) -> dict[str, Any]:
+    """Full encoder: soft deletion (capacity None) or hard deletion into `capacity` slots."""
+    return self.encode_back(self.encode_front(batch), capacity)
+
+  # ---- decoder
+  def _logits(self, x: jax.Array) -> jax.Array:
+    logits = self.head(self.decoder_norm(x))
+    return shard(logits.astype(jnp.float32), ("batch", "length", "act_vocab"))
+
+  @staticmethod
+  def _memory_bias(encoded):
+    gate = encoded["gate"]
+    return None if gate is None else gate[:, None, None, :]  # [B, 1, 1, S]
+
+  def decode(self, batch: dict[str, jax.Array], encoded: dict[str, Any]) -> jax.Array:
+    """Teacher-forced decoder over batch["decoder_inputs"] -> logits [B, Ld, V]."""
+    ids = batch["decoder_inputs"] if "decoder_inputs" in batch else batch["inputs"]
+    segment_ids, positions = batch["segment_ids"], batch["positions"]
+    x = shard(self.embed(ids), ("batch", "length", "act_embed"))
+    self_bias = self.decoder_position_bias(positions, positions)  # [B, H, Ld, Ld]
+    memory_bias = self._memory_bias(encoded)
+    for layer in self.decoder_layers:
+      memory_kv = layer.cross_attn.project_memory(encoded["hidden"])
+      x = layer(x, positions, segment_ids, self_bias, memory_kv, encoded["segment_ids"],
+                memory_bias)
+    return self._logits(x)
+
+  def __call__(self, batch: dict[str, jax.Array], capacity: int | None = None) -> ModelOutput:
+    encoded = self.encode(batch, capacity)
+    logits = self.decode(batch, encoded)
+    stats = encoded["stats"]
+    if self.gate is None:
+      return ModelOutput(logits=logits)
+    if "mrt5_alpha" in batch:
+      alpha = jax.lax.stop_gradient(jnp.mean(jnp.asarray(batch["mrt5_alpha"], jnp.float32)))
+    else:
+      alpha = jnp.asarray(self.gate_alpha, jnp.float32)
+    metrics = {"deletion_ratio": stats["deletion_ratio"], "gate_mean": stats["gate_mean"],
+               "mrt5_alpha": alpha}
+    if "deletion_overflow" in stats:
+      metrics["deletion_overflow"] = stats["deletion_overflow"]
+    return ModelOutput(logits=logits, aux_losses={"gate_reg": alpha * stats["gate_mean"]},
+                       metrics=metrics)
+
+  # ---- generation
+  def init_cache(self, batch_size: int, max_len: int,
+                 encoded: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Decoder cache over an encoded input (from `encode` or `encode_hard`)."""
+    if encoded is None:
+      raise ValueError("MrT5/ByT5 is an encoder-decoder: run encoded = model.encode(batch) "
+                       "(or encode_hard(model, batch)) and pass init_cache(batch_size, "
+                       "max_len, encoded)")
+    memory = encoded["hidden"]  # [B, S, D]
+    if memory.shape[0] != batch_size:
+      raise ValueError(f"encoded batch {memory.shape[0]} != batch_size {batch_size}")
+    return {"index": jnp.zeros((), jnp.int32),
+            "memory": memory,
+            "memory_valid": (encoded["segment_ids"] > 0).astype(jnp.int32),  # [B, S]
+            "memory_gate": encoded["gate"],
+            "cross": [layer.cross_attn.project_memory(memory) for layer in self.decoder_layers],
+            "self": [layer.self_attn.init_cache(batch_size, max_len, memory.dtype)
+                     for layer in self.decoder_layers]}
+
+  def decode_step(self, cache: dict[str, Any], ids: jax.Array) -> tuple[jax.Array, dict[str, Any]]:
+    """ids [B] at decoder position cache["index"] -> logits [B, V], new cache."""
+    index = cache["index"]
+    B = ids.shape[0]
+    S = cache["self"][0]["k"].shape[1]
+    x = self.embed(ids[:, None])  # [B, 1, D]
+    q_positions = jnp.broadcast_to(index, (B, 1))
+    k_positions = jnp.broadcast_to(jnp.arange(S), (B, S))
+    self_bias = self.decoder_position_bias(q_positions, k_positions)  # [B, H, 1, S]
+    gate = cache["memory_gate"]
+    memory_bias = None if gate is None else gate[:, None, None, :]
+    new_self = []
+    for layer, self_cache, memory_kv in zip(self.decoder_layers, cache["self"], cache["cross"]):
+      x, self_cache = layer.decode(x, self_cache, index, self_bias, memory_kv,
+                                   cache["memory_valid"], memory_bias)
+      new_self.append(self_cache)
+    return self._logits(x)[:, 0], {**cache, "index": index + 1, "self": new_self}
+
+
+# --------------------------------------------------------------------------- hard deletion
+
+_TRACE_COUNTS: dict[str, int] = {"front": 0, "back": 0, "decode": 0}  # tests check reuse
+
+
+@nnx.jit
+def _jit_encode_front(model: MrT5, batch):
+  _TRACE_COUNTS["front"] += 1
+  return model.encode_front(batch)
+
+
+@nnx.jit(static_argnames="capacity")
+def _jit_encode_back(model: MrT5, front, capacity: int):
+  _TRACE_COUNTS["back"] += 1
+  return model.encode_back(front, capacity)
+
+
+@nnx.jit
+def _jit_decode(model: MrT5, batch, encoded):
+  _TRACE_COUNTS["decode"] += 1
+  return model.decode(batch, encoded)
+
+
+def capacity_buckets(length: int, fractions: Sequence[float]) -> list[int]:
+  """Static slot counts ceil(f * length), ascending; `length` itself is always included."""
+  return sorted({max(1, math.ceil(f * length)) for f in fractions} | {length})
+
+
+def encode_hard(model: MrT5, batch: dict[str, jax.Array],
+                fractions: Sequence[float] | None = None) -> dict[str, Any]:
+  """Hard-deletion encoding (inference, eager caller): runs the layers before the gate,
+  reads the largest kept count to the host, picks the smallest static bucket that holds
+  every row, and runs the later layers on that many positions. One compiled function per
+  bucket and batch shape (jit caches them); never an overflow."""
+  if model.gate is None:
+    return _jit_encode_back(model, _jit_encode_front(model, batch), None)
+  front = _jit_encode_front(model, batch)
+  real = front["segment_ids"] > 0
+  kept = real & (front["gate"] >= model.gate_k / 2)
+  kept_max = int(jax.device_get(jnp.max(jnp.sum(kept, axis=1))))
+  length = front["segment_ids"].shape[1]
+  buckets = capacity_buckets(length, fractions or model.hard_delete_fractions)
+  capacity = next(c for c in buckets if c >= kept_max)
+  return _jit_encode_back(model, front, capacity)
+
+
+def hard_deletion_forward(model: MrT5, batch: dict[str, jax.Array],
+                          fractions: Sequence[float] | None = None) -> tuple[jax.Array, dict]:
+  """Inference forward with hard deletion -> (logits [B, Ld, V], encoded)."""
+  encoded = encode_hard(model, batch, fractions)
+  return _jit_decode(model, batch, encoded), encoded
+
+
+# --------------------------------------------------------------------------- build
+
+def build(cfg, rngs: nnx.Rngs) -> MrT5:
+  """config.model.name "mrt5" (delete gate after `gate_layer`) or "byt5" (no gate)."""
+  gate_layer = 0 if cfg.get("name", "mrt5") == "byt5" else cfg.get("gate_layer", 3)
+  return MrT5(vocab_size=cfg.vocab_size, dim=cfg.dim,
+              num_encoder_layers=cfg.num_encoder_layers,
+              num_decoder_layers=cfg.num_decoder_layers, num_heads=cfg.num_heads,
+              head_dim=cfg.get("head_dim") or cfg.dim // cfg.num_heads, mlp_dim=cfg.mlp_dim,
+              rngs=rngs, gate_layer=gate_layer, gate_k=cfg.get("gate_k", GATE_K),
+              gate_bias_init=cfg.get("gate_bias_init", -10.0),
+              gate_alpha=cfg.get("gate_alpha", 0.0),
+              rel_buckets=cfg.get("rel_buckets", 32),
+              rel_max_distance=cfg.get("rel_max_distance", 128),
+              hard_delete_fractions=tuple(cfg.get("hard_delete_fractions",
+                                                  DEFAULT_HARD_DELETE_FRACTIONS)),
+              dtype=jnp.dtype(cfg.get("dtype", "float32")))
