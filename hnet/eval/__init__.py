@@ -1,0 +1,1 @@
+"""Evaluation: spelling noise (noise.py), multiple-choice tasks and their scorer (tasks.py)."""
