@@ -90,6 +90,34 @@ def controller_update(state: dict[str, jax.Array], measured_ratio, target_ratio:
   return {"p": p, "i": i, "alpha": jnp.maximum(0.0, p + i)}
 
 
+class Controller:
+  """The train loop's hook (hnet/models/__init__.py CONTROLLERS["mrt5"]): the PI state
+  lives in state["extra"] (saved in checkpoints); alpha of step t is set by the ratio
+  measured at steps < t."""
+
+  def __init__(self, model_config):
+    self.target_ratio = float(model_config.get("target_deletion_ratio", 0.5))
+    self.k_i = float(model_config.get("controller_ki", 1e-5))
+
+  def init(self) -> dict[str, jax.Array]:
+    return controller_init()
+
+  def batch_inputs(self, extra: dict[str, jax.Array], batch: dict | None = None) -> dict:
+    """{"mrt5_alpha": alpha}: a scalar, or [B] when `batch` is given (so that the
+    batch can be split into micro-batches along its first axis)."""
+    alpha = extra["alpha"]
+    if batch is not None:
+      alpha = jnp.broadcast_to(alpha, (batch["encoder_inputs"].shape[0],))
+    return {"mrt5_alpha": alpha}
+
+  def update(self, extra: dict[str, jax.Array], metrics: dict) -> dict[str, jax.Array]:
+    """metrics: the train step's metrics ("model/deletion_ratio") or the model's own."""
+    ratio = metrics.get("model/deletion_ratio", metrics.get("deletion_ratio"))
+    if ratio is None:  # no gate (gate_layer = 0): nothing to control
+      return extra
+    return controller_update(extra, ratio, self.target_ratio, self.k_i)
+
+
 # --------------------------------------------------------------------------- layers
 
 class DeleteGate(nnx.Module):
