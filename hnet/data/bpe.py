@@ -278,3 +278,54 @@ def tokenizer_summary(tokenizer: BPETokenizer) -> str:
   lengths = tokenizer._token_lengths[len(SPECIAL_TOKENS):]
   return json.dumps({"vocab_size": tokenizer.vocab_size,
                      "mean_token_bytes": round(float(lengths.mean()), 3)})
+
+
+# ------------------------------------------------------------------- pipeline layout
+
+_TOKENIZER_CACHE: dict[tuple, BPETokenizer] = {}
+
+
+def tokenizer_for(data_config) -> BPETokenizer:
+  """The tokenizer of a data config, always trained on its *train* split.
+
+  data_config.bpe_tokenizer (optional): JSON path; loaded when it exists, otherwise the
+  trained tokenizer is saved there (training runs point it into the run directory, so
+  eval and later runs reuse it). data_config.bpe_vocab_size (optional, default 4096).
+  Without a path the tokenizer is trained once per process and data config.
+  """
+  path = data_config.get("bpe_tokenizer", "") or ""
+  vocab_size = int(data_config.get("bpe_vocab_size", DEFAULT_VOCAB_SIZE))
+  if path and os.path.exists(path):
+    key = ("file", os.path.abspath(path), os.path.getmtime(path))
+  else:
+    key = ("config", path, vocab_size, data_config.to_json() if hasattr(data_config, "to_json")
+           else repr(sorted(dict(data_config).items())))
+  if key not in _TOKENIZER_CACHE:
+    if key[0] == "file":
+      _TOKENIZER_CACHE[key] = BPETokenizer.load(path)
+    else:
+      from hnet.data import sources  # heavy (corpus, tfds); only when training one
+      tokenizer = train_bpe(sources.load_documents(data_config, "train"), vocab_size)
+      if path:
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        tokenizer.save(path)
+      _TOKENIZER_CACHE[key] = tokenizer
+  return _TOKENIZER_CACHE[key]
+
+
+def bpe_layout(documents: Sequence[bytes], data_config, *, seq_len: int, seed: int | None):
+  """The "bpe" layout of hnet/data/pipeline.py: token rows with target_bytes.
+
+  Documents are permuted with `seed` (kept in order when seed is None), tokenized with
+  `tokenizer_for(data_config)` and packed by concat-then-split (PackedBPERows).
+  The model's vocab_size must be `tokenizer_for(data_config).padded_vocab_size`.
+  """
+  import grain  # the pipeline's dependency, not the tokenizer's
+
+  if seed is not None:
+    order = np.random.default_rng(seed).permutation(len(documents))
+    documents = [documents[int(i)] for i in order]
+  rows = PackedBPERows(documents, tokenizer_for(data_config), seq_len)
+  if len(rows) == 0:
+    raise ValueError("No rows to train on: every document is empty.")
+  return grain.MapDataset.source(rows)

@@ -65,6 +65,15 @@ def bytes_layout(documents: Sequence[bytes], data_config, *, seq_len: int,
 LAYOUTS: dict[str, LayoutFn] = {"bytes": bytes_layout}
 
 
+def _bpe_layout(documents, data_config, *, seq_len, seed):
+  """Token rows + target_bytes (hnet/data/bpe.py; `tokenizers` is imported on first use)."""
+  from hnet.data import bpe
+  return bpe.bpe_layout(documents, data_config, seq_len=seq_len, seed=seed)
+
+
+LAYOUTS["bpe"] = _bpe_layout
+
+
 class ProcessRowsMapDataset(grain.MapDataset):
   """This process's rows of each global batch, in order (see module docstring, step 4).
 

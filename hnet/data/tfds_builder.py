@@ -28,12 +28,19 @@ from hnet.data import sources
 TEXT_KEY = "text"
 
 
-class HnetTextFiles(tfds.core.GeneratorBasedBuilder):
+# Run as `python -m hnet.data.tfds_builder`, this file is also imported as its real module
+# name (see the bottom); only that copy registers the name "hnet_text_files".
+class HnetTextFiles(tfds.core.GeneratorBasedBuilder,
+                    skip_registration=__name__ == "__main__"):
   """Local text files as a TFDS dataset (see module docstring)."""
 
   name = "hnet_text_files"
   VERSION = tfds.core.Version("1.0.0")
   RELEASE_NOTES = {"1.0.0": "Documents from local .txt / .jsonl files."}
+  # Nothing is downloaded, so no checksums file. Set explicitly: tfds would otherwise
+  # locate this module's checksums via `code_path`, which needs the optional
+  # `importlib_resources` package (absent here).
+  url_infos = None
 
   def __init__(self, *, source_path: str | None = None, text_key: str = "text",
                eval_fraction: float = 0.02, **kwargs):
@@ -108,4 +115,5 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-  sys.exit(main())
+  from hnet.data import tfds_builder as _registered  # the copy tfds resolves by name
+  sys.exit(_registered.main())
