@@ -116,3 +116,30 @@ def test_packed_rows(tokenizer, seq_len):
   # Positions restart at 0 (BOS) for every document.
   first = examples[0]
   assert first["inputs"][0] == bpe.BOS_ID and first["positions"][0] == 0
+
+
+def test_pipeline_bpe_layout(tmp_path):
+  from configs import base
+  from hnet.data import pipeline, sources
+
+  corpus_dir = tmp_path / "corpus"
+  corpus_dir.mkdir()
+  for i, doc in enumerate(_training_documents()[0].split(b"\n\n")[:40]):
+    (corpus_dir / f"doc{i:02d}.txt").write_bytes(doc + b"\xff")
+  data_config = base.get_config().data
+  data_config.source, data_config.path, data_config.layout = "files", str(corpus_dir), "bpe"
+  data_config.eval_fraction = 0.1
+  with data_config.unlocked():
+    data_config.bpe_tokenizer = str(tmp_path / "run" / bpe.TOKENIZER_FILE)
+    data_config.bpe_vocab_size = 300
+  assert "bpe" in pipeline.LAYOUTS
+  batches = list(pipeline.make_dataset(data_config, "eval", seq_len=16, global_batch_size=2,
+                                       repeat=False))
+  assert os.path.exists(data_config.bpe_tokenizer)  # trained on "train", saved for reuse
+  tokenizer = bpe.BPETokenizer.load(data_config.bpe_tokenizer)
+  assert tokenizer.vocab_size == 300
+  eval_docs = [d for d in sources.load_documents(data_config, "eval") if d]
+  total = sum(int((b["target_bytes"] * (b["loss_mask"] > 0)).sum()) for b in batches)
+  assert total == sum(map(len, eval_docs)) + len(eval_docs)
+  assert batches[0]["target_bytes"].shape == (2, 16)
+  assert all(int(b["inputs"].max()) < tokenizer.vocab_size for b in batches)
