@@ -1,0 +1,184 @@
+"""Tests for hnet/text/splitter.py: expected splits, losslessness, length cap and prefix
+stability at byte granularity (P1-P3 of the module docstring), generation helpers."""
+import codecs
+
+import hypothesis.strategies as st
+import pytest
+import regex
+from hypothesis import given, settings
+
+from hnet.text import splitter
+from hnet.text.splitter import (WordStream, open_word_start, split, split_text,
+                                split_with_open_last, starts_new_word)
+
+EXPECTED = [  # (text, expected words)
+    ("Hello, world.", ["Hello", ",", " world", "."]),
+    ("camelCase and HTTPServer", ["camel", "Case", " and", " HTTP", "Server"]),
+    ("parseXMLFile", ["parse", "XML", "File"]),
+    ("HTTPS x86 3D utf8Decode", ["HTTPS", " x86", " 3D", " utf8Decode"]),
+    ("don't", ["don", "'", "t"]),
+    ("a  b", ["a", "  ", "b"]),
+    ("a\n b\n\nc", ["a", "\n ", "b", "\n\n", "c"]),
+    ("  lead", ["  ", "lead"]),
+    (" lead", [" lead"]),
+    ("end ", ["end", " "]),
+    ("tab\tx", ["tab", "\t", "x"]),
+    ("(hi) [x]", ["(", "hi", ")", " [", "x", "]"]),
+    ("...!?", [".", ".", ".", "!", "?"]),
+    ("中文字 日本語", ["中", "文", "字", " 日", "本", "語"]),
+    ("カタカナとひらがな", ["カ", "タ", "カ", "ナ", "と", "ひ", "ら", "が", "な"]),
+    ("한국어 텍스트", ["한", "국", "어", " 텍", "스", "트"]),
+    ("abc中def", ["abc", "中", "def"]),
+    ("café Ölkanne straßeÄ", ["café", " Ölkanne", " straße", "Ä"]),
+    ("Привет, мир", ["Привет", ",", " мир"]),
+    ("emoji 😀👍", ["emoji", " 😀", "👍"]),
+    ("x\u00a0y\u3000z", ["x", "\u00a0", "y", "\u3000", "z"]),
+    ("snake_case-word", ["snake", "_", "case", "-", "word"]),
+    ("", []),
+]
+
+
+@pytest.mark.parametrize("text,expected", EXPECTED)
+def test_expected_splits(text, expected):
+  assert split_text(text) == expected
+
+
+def test_invalid_bytes_are_single_words():
+  assert split(b"ab\xff\xfe cd") == [b"ab", b"\xff", b"\xfe", b" cd"]
+  assert split(b"\xed\xa0\x80x") == [b"\xed", b"\xa0", b"\x80", b"x"]  # encoded surrogate
+  assert split(b"ab\xe4\xb8X") == [b"ab", b"\xe4", b"\xb8", b"X"]     # truncated, then not
+  assert split(b"ab\xe4\xb8") == [b"ab\xe4\xb8"]                      # incomplete tail
+  assert split(b"ab\xe4\xb8\xad") == [b"ab", "中".encode()]
+
+
+def test_length_cap():
+  assert split(b"a" * 25, max_word_size=10) == [b"a" * 10, b"a" * 10, b"a" * 5]
+  word = "é" * 7  # 14 bytes: pieces may not cut a character
+  assert split(word.encode(), max_word_size=5) == ["éé".encode()] * 3 + ["é".encode()]
+  assert split(b" " * 12, max_word_size=8) == [b" " * 8, b" " * 4]
+  with pytest.raises(ValueError):
+    split(b"abc", max_word_size=3)
+
+
+# Text alphabet that exercises every rule: camelCase, acronyms, CJK, kana, Hangul,
+# whitespace runs, punctuation, emoji, combining marks, digits, other scripts.
+ALPHABET = list("aBcXyZ09 _.,'!?(\n\t\r") + ["  ", "\u00a0", "\u3000", "中", "文", "カ", "ひ",
+                                                  "한", "é", "Ä", "ß", "\u0301", "Ж", "ж", "😀",
+                                                  "\u200d", "\ufe0f", "ǅ", "١"]
+texts = st.lists(st.sampled_from(ALPHABET), max_size=30).map(lambda x: "".join(x).encode())
+mixed = st.lists(st.one_of(st.sampled_from(ALPHABET).map(str.encode),
+                           st.binary(min_size=1, max_size=2)), max_size=20).map(b"".join)
+any_input = st.one_of(st.binary(max_size=40), texts, mixed,
+                      st.text(max_size=25).map(lambda t: t.encode("utf-8", "surrogatepass")))
+sizes = st.sampled_from([4, 5, 7, 100])
+
+
+def _pending_tail(data: bytes) -> bytes:
+  decoder = codecs.getincrementaldecoder("utf-8")("surrogateescape")
+  decoder.decode(data, final=False)
+  return decoder.getstate()[0]
+
+
+def _last_char_len(word: bytes, tail: bytes) -> int:
+  if tail:
+    return len(tail)
+  return len(word.decode("utf-8", "surrogateescape")[-1].encode("utf-8", "surrogateescape"))
+
+
+def _upper(ch: str) -> bool:
+  return regex.fullmatch(r"[\p{Lu}\p{Lt}]", ch) is not None
+
+
+@settings(max_examples=300, deadline=None)
+@given(any_input, sizes)
+def test_lossless(data, size):
+  words = split(data, size)
+  assert b"".join(words) == data
+  assert all(0 < len(w) <= size for w in words)
+
+
+@settings(max_examples=250, deadline=None)
+@given(any_input, sizes)
+def test_prefix_stable_at_every_byte(data, size):
+  full = split(data, size)
+  for k in range(1, len(data) + 1):
+    prefix = data[:k]
+    part = split(prefix, size)
+    n = len(part)
+    assert part[:-1] == full[:n - 1]                                # P1
+    assert b"".join(full[n - 1:]).startswith(part[-1])              # P2
+    tail = _pending_tail(prefix)
+    last = _last_char_len(part[-1], tail)
+    assert full[n - 1].startswith(part[-1][:len(part[-1]) - last])  # P3
+    text = prefix.decode("utf-8", "surrogateescape")
+    acronym = not tail and len(text) >= 2 and _upper(text[-1]) and _upper(text[-2])
+    if not tail and not acronym:                                    # strict form
+      assert full[n - 1].startswith(part[-1]), (prefix, part, full)
+
+
+@settings(max_examples=150, deadline=None)
+@given(any_input)
+def test_pending_tail_is_a_valid_prefix(data):
+  """Bytes held open by rule 7 can still become one valid character."""
+  tail = _pending_tail(data)
+  assert len(tail) <= 3
+  if tail:
+    need = 2 if tail[0] < 0xE0 else 3 if tail[0] < 0xF0 else 4
+    completions = [tail + bytes([b]) + b"\x80" * (need - len(tail) - 1) for b in range(0x80, 0xC0)]
+    valid = [c for c in completions if len(c) == need and _decodes(c)]
+    assert valid, tail
+    assert split(data)[-1].endswith(tail)
+
+
+def _decodes(data: bytes) -> bool:
+  try:
+    data.decode("utf-8")
+    return True
+  except UnicodeDecodeError:
+    return False
+
+
+@settings(max_examples=200, deadline=None)
+@given(any_input, sizes)
+def test_generation_helpers_agree_with_split(data, size):
+  full = split(data, size)
+  starts = {sum(map(len, full[:i])) for i in range(len(full))}  # word starts of the full split
+  stream = WordStream(size)
+  for k in range(len(data)):
+    prefix = data[:k]
+    new = starts_new_word(prefix, data[k], size)
+    finished, open_word = split_with_open_last(data[:k + 1], size)
+    begin = open_word_start(data[:k + 1], size)
+    assert begin == k + 1 - len(open_word)
+    # a new word starts iff the open word's start moves on (the first byte always starts one)
+    assert new == (k == 0 or begin > open_word_start(prefix, size))
+    if new:
+      # the finished words are final, and the new open word starts at a real boundary,
+      # at most one character (<= 3 bytes back for a multi-byte one, 1 for ACRONYMWord)
+      # before the new byte
+      assert begin in starts and k - 3 <= begin <= k
+    elif k in starts and k > 0:
+      # a boundary at k that is not reported now is reported once k's character is
+      # complete or the acronym resolves (P3 cases only)
+      assert _pending_tail(data[:k + 1]) or _upper(chr(data[k])), (data, k)
+    before = len(stream.finished)
+    assert stream.push(data[k]) == finished[before:]
+    assert stream.finished == finished
+    assert stream.open_word == open_word
+  assert stream.finished + ([stream.open_word] if data else []) == full
+
+
+def test_word_stream_reports_finished_words():
+  stream = WordStream()
+  out = [stream.push(b) for b in b"Hi there!"]
+  assert out[2] == [b"Hi"]  # the space finishes "Hi"
+  assert out[8] == [b" there"]
+  assert stream.finished == [b"Hi", b" there"] and stream.open_word == b"!"
+
+
+def test_throughput_reports_words_of_split():
+  text = "All's well that ends well; camelCase 中文.\n".encode() * 200
+  result = splitter.splitter_throughput(text, repeats=1)
+  assert result["num_words"] == len(split(text)) == 14 * 200
+  assert result["bytes_per_word"] == pytest.approx(len(text) / (14 * 200))
+  assert result["mb_per_s"] > 0
