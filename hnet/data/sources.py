@@ -169,9 +169,17 @@ class TfdsDocuments(Sequence):
   def __len__(self) -> int:
     return len(self._source)
 
+  def __iter__(self):
+    return (self[i] for i in range(len(self)))
+
   def __getitem__(self, index):
     if isinstance(index, slice):
       return [self[i] for i in range(*index.indices(len(self)))]
+    index = int(index)
+    if index < 0:
+      index += len(self)
+    if not 0 <= index < len(self):
+      raise IndexError(f"document {index} out of range [0, {len(self)})")
     record = self._source[index]
     if self._text_key not in record:
       raise KeyError(f"tfds record has no feature {self._text_key!r} (features: "
