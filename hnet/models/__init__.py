@@ -11,6 +11,7 @@ MODELS = {
     "transformer": "hnet.models.transformer:build",
     "mrt5": "hnet.models.mrt5:build",
     "byt5": "hnet.models.mrt5:build",
+    "hnet": "hnet.models.hnet:build",
 }
 
 

@@ -1,0 +1,68 @@
+"""Tiny 1-stage H-Net, sized to train on a 2-core CPU.
+
+  python -m hnet.main --config=configs/hnet_1stage_tiny.py --workdir=runs/hnet_1stage_tiny
+
+Layout [m2, T2, m2], widths (128, 192): a 2-layer Mamba-2 byte encoder/decoder at 128
+and a 2-layer Transformer main network at 192 on the chunks; target compression N = 6
+(the paper's 1-stage target), chunk capacity 2x the target (seq_len 512 -> 176 slots).
+Mamba-2 uses d_state 32 / headdim 32 here (the paper's 128 / 64 are in the L/XL
+configs) to keep the CPU step cheap. `hnet_config` is shared by every H-Net config.
+"""
+import ml_collections
+
+from configs import base
+from hnet.models.layout import stage_lr_multipliers
+
+
+def hnet_config(c: ml_collections.ConfigDict, *, layout: str, d_model, num_heads, mlp_dim,
+                window, target_ratio, capacity_factor=2.0, d_state: int = 128, headdim: int = 64,
+                ssd_chunk_size: int = 64) -> ml_collections.ConfigDict:
+  """Sets c.model for an H-Net and c.train.lr_multipliers from its stages.
+
+  Per-stage lists (outermost first, one entry per level of the layout): d_model,
+  num_heads, mlp_dim, window (0 = full attention); per routing stage: target_ratio,
+  capacity_factor. Recompute lr_multipliers (stage_lr_multipliers) when overriding
+  widths or targets from the command line.
+  """
+  m = c.model
+  # The base config's Transformer fields are scalars; H-Net's are per-stage lists.
+  for field in ("dim", "num_layers", "num_kv_heads", "tie_embeddings", "num_heads", "mlp_dim",
+                "window"):
+    if field in m:
+      del m[field]
+  m.name = "hnet"
+  m.layout = layout                   # string form of the nested layout list
+  m.d_model = list(d_model)           # width per stage, may grow inward
+  m.num_heads = list(num_heads)
+  m.mlp_dim = list(mlp_dim)           # SwiGLU hidden width of the Transformer blocks
+  m.window = list(window)             # sliding window per stage (0 = full causal)
+  m.target_ratio = list(target_ratio)  # N per routing stage (ratio loss targets 1/N)
+  m.capacity_factor = list(capacity_factor) if isinstance(capacity_factor, (list, tuple)) \
+      else [float(capacity_factor)] * len(m.target_ratio)  # C = L * factor / N (<= 0: C = L)
+  m.ratio_loss_weight = 0.03          # alpha
+  m.d_state = d_state                 # Mamba-2
+  m.headdim = headdim
+  m.expand = 2
+  m.d_conv = 4
+  m.ssd_chunk_size = ssd_chunk_size
+  m.mamba_implementation = "chunked"  # chunked | sequential
+  m.implementation = "jnp"            # routing/chunk/dechunk kernels: jnp | pallas
+  m.interpret = False                 # Pallas interpret mode (CPU)
+  c.train.lr_multipliers = ml_collections.ConfigDict(stage_lr_multipliers(m))
+  return c
+
+
+def get_config() -> ml_collections.ConfigDict:
+  c = base.get_config()
+  hnet_config(c, layout="[m2, T2, m2]", d_model=(128, 192), num_heads=(4, 4), mlp_dim=(0, 512),
+              window=(0, 0), target_ratio=(6,), capacity_factor=2.0, d_state=32, headdim=32)
+  c.data.seq_len = 512
+  c.train.batch_size = 16
+  c.train.steps = 600
+  c.train.lr = 2e-3
+  c.train.warmup_steps = 30
+  c.train.log_every = 20
+  c.train.eval_every = 200
+  c.train.eval_batches = 8
+  c.checkpoint.every = 200
+  return c

@@ -1,0 +1,279 @@
+"""H-Net: byte-level hierarchical LM with dynamic chunking (1 or more stages).
+
+  bytes [B, L] -> embed -> stages[0].encoder -> route/chunk (L -> C_1)
+     -> [stages[1] ... : the same, recursively] -> stages[S].main (innermost, on C_S)
+     -> ... -> dechunk (C_1 -> L) -> stages[0].decoder -> head -> logits [B, L, V]
+
+Layouts, per-stage widths and the lr multipliers: hnet/models/layout.py. Routing,
+capacity, dechunking and the ratio loss: hnet/models/dynamic_chunking.py.
+
+Parameter paths (regexes of `train.lr_multipliers`): "embed/...", "head/...",
+"stages/s/{encoder,decoder,router,residual,pad}/..." for s < S, "stages/S/main/...".
+Each stack of blocks (encoder, main, decoder) ends with an RMSNorm (as in the public
+reference); residual output projections are N(0, 0.02 / sqrt(n)) with n the blocks in
+the stack (x 2 branches for Transformer blocks), every other matrix N(0, 0.02).
+
+Width growth: the chunks of stage s (width D_s) are padded with a learned vector
+(zero-initialised) up to D_{s+1} before the inner stage, and the inner output is
+truncated back to D_s.
+
+Attention: stage s uses `window[s]` (0 = full causal); RoPE positions are ordinals
+within the document in that stage's stream (bytes, or chunks). The sliding window is
+counted in that stage's positions.
+
+Generation (`init_cache` / `decode_step`): every stage keeps its block caches, a
+per-row count of elements it has received (its stream position), h_{t-1} for routing
+and the EMA value z_bar. A row feeds stage s+1 only when its boundary fires; all rows
+compute the step but only the rows that emitted commit (jnp.where on the caches).
+Attention caches are indexed per row (the slot of a row is its own count), so the
+shared scalar-index Attention.decode is not used: `attention_step` below does the
+per-row write and mask with the layer's own projections. Equals the forward pass with
+capacity = L (no dropped boundaries).
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from hnet.layers.attention import Attention, attend
+from hnet.layers.linear import DEFAULT_STD, Dense, Embed
+from hnet.layers.mamba2 import Mamba2Block
+from hnet.layers.norm import RMSNorm
+from hnet.layers.rope import apply_rope
+from hnet.layers.transformer_block import TransformerBlock
+from hnet.models import dynamic_chunking as dc
+from hnet.models.layout import parse_layout, per_stage, stage_lr_multipliers  # noqa: F401
+from hnet.models.output import ModelOutput
+from hnet.sharding import shard
+
+
+# ---------------------------------------------------------------- per-row decoding
+
+def attention_step(attn: Attention, x: jax.Array, cache: dict[str, jax.Array],
+                   position: jax.Array, commit: jax.Array) -> tuple[jax.Array, dict]:
+  """One token per row at its own position. x [B, D], position [B] int32 (= the cache
+  slot), commit [B] bool: rows that keep the new key/value. Returns ([B, D], cache)."""
+  B = x.shape[0]
+  S = cache["k"].shape[1]
+  q = attn.query(x).reshape(B, 1, attn.num_heads, attn.head_dim)
+  k = attn.key(x).reshape(B, 1, attn.num_kv_heads, attn.head_dim)
+  v = attn.value(x).reshape(B, 1, attn.num_kv_heads, attn.head_dim)
+  if attn.rope:
+    q = apply_rope(q, position[:, None], attn.rope_base)
+    k = apply_rope(k, position[:, None], attn.rope_base)
+  slot = jnp.arange(S, dtype=jnp.int32)
+  here = (slot[None, :] == position[:, None])[:, :, None, None]  # [B, S, 1, 1]
+  k_all = jnp.where(here, k.astype(cache["k"].dtype), cache["k"])  # [B, S, K, Dh]
+  v_all = jnp.where(here, v.astype(cache["v"].dtype), cache["v"])
+  delta = position[:, None] - slot[None, :]  # [B, S]
+  mask = delta >= 0
+  if attn.window is not None:
+    mask &= delta < attn.window
+  out = attend(q, k_all.astype(q.dtype), v_all.astype(q.dtype), mask[:, None, None, :])
+  keep = commit[:, None, None, None]
+  new_cache = {"k": jnp.where(keep, k_all, cache["k"]), "v": jnp.where(keep, v_all, cache["v"])}
+  return attn.out(out.reshape(B, -1)), new_cache
+
+
+def block_step(block, x: jax.Array, cache, position: jax.Array, commit: jax.Array):
+  """x [B, D] -> ([B, D], cache) for a TransformerBlock or a Mamba2Block."""
+  if isinstance(block, Mamba2Block):
+    h, cache = block.mixer.step(block.norm(x), cache, commit)
+    return x + h.astype(x.dtype), cache
+  h, cache = attention_step(block.attn, block.attn_norm(x), cache, position, commit)
+  x = x + h
+  return x + block.mlp(block.mlp_norm(x)), cache
+
+
+# ---------------------------------------------------------------- modules
+
+class Stack(nnx.Module):
+  """Blocks of a layout string ("m" Mamba-2, "T" Transformer) at one width + RMSNorm."""
+
+  def __init__(self, kinds, dim: int, *, rngs: nnx.Rngs, num_heads: int, mlp_dim: int,
+               window: int | None, mamba: dict, dtype=jnp.float32):
+    n = max(len(kinds), 1)
+    layers = []
+    for kind in kinds:
+      if kind == "T":
+        layers.append(TransformerBlock(dim, num_heads, mlp_dim, rngs=rngs, window=window,
+                                       num_layers_for_init=n, dtype=dtype))
+      else:
+        layers.append(Mamba2Block(dim, rngs=rngs, num_layers_for_init=n, dtype=dtype, **mamba))
+    self.layers = nnx.List(layers)
+    self.norm = RMSNorm(dim)
+
+  def __call__(self, x: jax.Array, stream: dc.Stream) -> jax.Array:
+    for layer in self.layers:
+      x = layer(x, stream.positions, stream.segment_ids)
+    return self.norm(x)
+
+  def init_cache(self, batch_size: int, max_len: int) -> list:
+    return [layer.init_cache(batch_size, max_len) for layer in self.layers]
+
+  def step(self, x, caches, position, commit):
+    new = []
+    for layer, cache in zip(self.layers, caches):
+      x, cache = block_step(layer, x, cache, position, commit)
+      new.append(cache)
+    return self.norm(x), new
+
+
+class OuterStage(nnx.Module):
+  """Stage s < S: encoder, router, residual projection, decoder (and the width pad)."""
+
+  def __init__(self, layout, dim: int, inner_dim: int, *, rngs: nnx.Rngs, stack_kwargs: dict,
+               dtype=jnp.float32):
+    self.encoder = Stack(layout.encoder, dim, rngs=rngs, dtype=dtype, **stack_kwargs)
+    self.router = dc.Router(dim, dtype=dtype)
+    self.residual = dc.ResidualProjection(dim, rngs=rngs)
+    self.decoder = Stack(layout.decoder, dim, rngs=rngs, dtype=dtype, **stack_kwargs)
+    self.pad = (nnx.Param(jnp.zeros((inner_dim - dim,), jnp.float32), axes=(None,))
+                if inner_dim > dim else None)
+    self.dim, self.inner_dim = dim, inner_dim
+
+  def widen(self, x: jax.Array) -> jax.Array:
+    """[..., D_s] -> [..., D_{s+1}] (learned pad vector)."""
+    if self.pad is None:
+      return x
+    pad = jnp.broadcast_to(self.pad[...].astype(x.dtype), x.shape[:-1] + self.pad.shape)
+    return jnp.concatenate([x, pad], axis=-1)
+
+
+class InnerStage(nnx.Module):
+  """Stage S: the main network."""
+
+  def __init__(self, layout, dim: int, *, rngs: nnx.Rngs, stack_kwargs: dict, dtype=jnp.float32):
+    self.main = Stack(layout.main, dim, rngs=rngs, dtype=dtype, **stack_kwargs)
+
+
+class HNet(nnx.Module):
+  def __init__(self, cfg, *, rngs: nnx.Rngs):
+    layouts = parse_layout(cfg.layout)
+    S = len(layouts) - 1
+    self.num_stages = S
+    widths = [int(w) for w in per_stage(list(cfg.d_model), S + 1, "d_model")]
+    heads = per_stage(cfg.num_heads, S + 1, "num_heads")
+    mlp = per_stage(cfg.mlp_dim, S + 1, "mlp_dim")
+    windows = per_stage(cfg.window, S + 1, "window")
+    self.target_ratio = [float(r) for r in per_stage(cfg.target_ratio, S, "target_ratio")] if S else []
+    self.capacity_factor = [float(f) for f in per_stage(cfg.capacity_factor, S, "capacity_factor")] \
+        if S else []
+    self.ratio_loss_weight = float(cfg.ratio_loss_weight)
+    self.implementation = cfg.get("implementation", "jnp")
+    self.interpret = bool(cfg.get("interpret", False))
+    dtype = jnp.dtype(cfg.get("dtype", "float32"))
+    mamba = dict(d_state=cfg.d_state, headdim=cfg.headdim, expand=cfg.expand, d_conv=cfg.d_conv,
+                 chunk_size=cfg.ssd_chunk_size,
+                 implementation=cfg.get("mamba_implementation", "chunked"))
+    stages = []
+    for s, layout in enumerate(layouts):
+      kwargs = dict(num_heads=int(heads[s]), mlp_dim=int(mlp[s]),
+                    window=int(windows[s]) or None, mamba=mamba)
+      if s < S:
+        if widths[s + 1] < widths[s]:
+          raise ValueError(f"model.d_model must not shrink inward: {widths}")
+        stages.append(OuterStage(layout, widths[s], widths[s + 1], rngs=rngs, stack_kwargs=kwargs,
+                                 dtype=dtype))
+      else:
+        stages.append(InnerStage(layout, widths[s], rngs=rngs, stack_kwargs=kwargs, dtype=dtype))
+    self.stages = nnx.List(stages)
+    self.embed = Embed(cfg.vocab_size, widths[0], rngs=rngs, dtype=dtype)
+    self.head = Dense(widths[0], cfg.vocab_size, rngs=rngs, axes=("embed", "vocab"),
+                      std=DEFAULT_STD, dtype=dtype)
+
+  # ---------------------------------------------------------------- forward
+
+  def _run_stage(self, s: int, x: jax.Array, stream: dc.Stream, aux: dict, metrics: dict,
+                 real_bytes: jax.Array) -> jax.Array:
+    """x [B, L_s, D_s] -> [B, L_s, D_s]."""
+    stage = self.stages[s]
+    if s == self.num_stages:
+      return stage.main(x, stream)
+    impl = dict(implementation=self.implementation, interpret=self.interpret)
+    h = stage.encoder(x, stream)  # [B, L_s, D_s]
+    capacity = dc.capacity_for(h.shape[1], self.target_ratio[s], self.capacity_factor[s])
+    routed = dc.route_and_chunk(stage.router, h, stream, capacity, **impl)  # C = capacity
+    inner_x = shard(stage.widen(routed.chunks), ("batch", "length", "act_embed"))  # [B, C, D_s+1]
+    z = self._run_stage(s + 1, inner_x, routed.inner, aux, metrics, real_bytes)
+    z = z[..., :stage.dim]  # [B, C, D_s]
+    y = dc.dechunk_and_combine(z, routed, stage.residual(h), **impl)  # [B, L_s, D_s]
+    y = shard(y, ("batch", "length", "act_embed"))
+    # Ratio loss and chunking statistics of this stage.
+    loss, selected, mean_prob = dc.ratio_loss(routed.boundary_mask, routed.boundary_prob,
+                                              stream.real, self.target_ratio[s])
+    aux[f"ratio_s{s}"] = self.ratio_loss_weight * loss
+    boundaries = jnp.sum((routed.boundary_mask).astype(jnp.float32))
+    kept_real = jnp.sum(routed.inner.real.astype(jnp.float32))
+    metrics[f"ratio_loss_s{s}"] = loss
+    metrics[f"boundary_fraction_s{s}"] = selected
+    metrics[f"boundary_prob_mean_s{s}"] = mean_prob
+    metrics[f"bytes_per_chunk_s{s}"] = real_bytes / jnp.maximum(kept_real, 1.0)
+    metrics[f"dropped_fraction_s{s}"] = (jnp.sum(routed.num_dropped).astype(jnp.float32)
+                                         / jnp.maximum(boundaries, 1.0))
+    return stage.decoder(y, stream)
+
+  def __call__(self, batch: dict[str, jax.Array]) -> ModelOutput:
+    segment_ids = batch["segment_ids"].astype(jnp.int32)
+    stream = dc.Stream(positions=batch["positions"].astype(jnp.int32), segment_ids=segment_ids,
+                       is_start=dc.segment_starts(segment_ids), real=segment_ids > 0)
+    x = shard(self.embed(batch["inputs"]), ("batch", "length", "act_embed"))  # [B, L, D_0]
+    aux, metrics = {}, {}
+    real_bytes = jnp.sum(stream.real.astype(jnp.float32))
+    y = self._run_stage(0, x, stream, aux, metrics, real_bytes)
+    return ModelOutput(logits=self._logits(y), aux_losses=aux, metrics=metrics)
+
+  def _logits(self, y: jax.Array) -> jax.Array:
+    logits = self.head(y).astype(jnp.float32)
+    return shard(logits, ("batch",) + ("length",) * (y.ndim - 2) + ("act_vocab",))
+
+  # ---------------------------------------------------------------- generation
+
+  def init_cache(self, batch_size: int, max_len: int) -> list[dict[str, Any]]:
+    """One dict per stage; inner stages get max_len slots too (every byte may be a chunk)."""
+    caches = []
+    for s, stage in enumerate(self.stages):
+      count = jnp.zeros((batch_size,), jnp.int32)
+      if s == self.num_stages:
+        caches.append({"count": count, "main": stage.main.init_cache(batch_size, max_len)})
+        continue
+      zeros = jnp.zeros((batch_size, stage.dim), jnp.float32)
+      caches.append({"count": count, "encoder": stage.encoder.init_cache(batch_size, max_len),
+                     "decoder": stage.decoder.init_cache(batch_size, max_len),
+                     "h_previous": zeros, "z_bar": zeros})
+    return caches
+
+  def _step_stage(self, s: int, x: jax.Array, caches: list, commit: jax.Array) -> jax.Array:
+    """x [B, D_s] for rows where `commit` [B] -> [B, D_s]; updates caches[s:] in place."""
+    stage, cache = self.stages[s], caches[s]
+    position = cache["count"]
+    new = {"count": position + commit.astype(jnp.int32)}
+    if s == self.num_stages:
+      out, new["main"] = stage.main.step(x, cache["main"], position, commit)
+      caches[s] = new
+      return out
+    h, new["encoder"] = stage.encoder.step(x, cache["encoder"], position, commit)
+    prob, mask = stage.router.step(cache["h_previous"].astype(h.dtype), h, position == 0)
+    emit = commit & mask
+    z = self._step_stage(s + 1, stage.widen(h), caches, emit)[:, :stage.dim]
+    y, z_bar = dc.dechunk_step(z, cache["z_bar"], prob, mask, stage.residual(h))
+    out, new["decoder"] = stage.decoder.step(y, cache["decoder"], position, commit)
+    keep = commit[:, None]
+    new["h_previous"] = jnp.where(keep, h.astype(jnp.float32), cache["h_previous"])
+    new["z_bar"] = jnp.where(keep, z_bar, cache["z_bar"])
+    caches[s] = new
+    return out
+
+  def decode_step(self, cache: list, ids: jax.Array) -> tuple[jax.Array, list]:
+    """ids [B] -> logits [B, V] for the next byte; advances every stage's cache."""
+    caches = list(cache)
+    x = self.embed(ids)  # [B, D_0]
+    y = self._step_stage(0, x, caches, jnp.ones(ids.shape, bool))
+    return self._logits(y), caches
+
+
+def build(cfg, rngs: nnx.Rngs) -> HNet:
+  return HNet(cfg, rngs=rngs)
