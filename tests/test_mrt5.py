@@ -1,0 +1,286 @@
+"""MrT5 / ByT5: gate, soft vs hard deletion, controller, causality, cache, packing,
+sharding, overfit, ByT5-small shape."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from configs import byt5_small, mrt5_tiny
+from hnet import bytes as hbytes
+from hnet import testing
+from hnet.layers.relative_position import relative_position_bucket
+from hnet.models import build_model, controller_for
+from hnet.models import mrt5
+
+
+def tiny_config(name="mrt5", **model):
+  c = mrt5_tiny.get_config()
+  m = c.model
+  m.name = name
+  m.dim, m.num_heads, m.head_dim, m.mlp_dim = 32, 2, 16, 64
+  m.num_encoder_layers, m.num_decoder_layers, m.gate_layer = 3, 1, 1
+  m.rel_buckets, m.rel_max_distance = 8, 16  # short rows still reach the log buckets
+  m.update(model)
+  c.train.steps, c.train.warmup_steps, c.train.lr = 40, 2, 1e-2
+  return c
+
+
+def enc_dec_batch(seed, batch_size, enc_len, dec_len, enc_docs=(None,), dec_docs=(None,)):
+  """Random packed rows; document k of the encoder stream pairs with document k of the
+  decoder stream (same segment id). Doc lengths None = the rest of the row."""
+  assert len(enc_docs) == len(dec_docs)
+  rng = np.random.default_rng(seed)
+
+  def layout(length, docs):
+    seg, pos = np.zeros([length], np.int32), np.zeros([length], np.int32)
+    start = 0
+    for k, n in enumerate(docs, start=1):
+      end = length if n is None else min(start + n, length)
+      seg[start:end], pos[start:end] = k, np.arange(end - start)
+      start = end
+    return seg, pos
+
+  enc_seg, enc_pos = layout(enc_len, enc_docs)
+  dec_seg, dec_pos = layout(dec_len, dec_docs)
+  targets = rng.integers(0, 256, (batch_size, dec_len)).astype(np.int32)
+  decoder_inputs = np.concatenate([np.full((batch_size, 1), hbytes.BOS_ID), targets[:, :-1]], 1)
+  decoder_inputs = np.where(dec_pos == 0, hbytes.BOS_ID, decoder_inputs).astype(np.int32)
+  tile = lambda a: np.tile(a[None], (batch_size, 1))
+  return {"encoder_inputs": rng.integers(0, 256, (batch_size, enc_len)).astype(np.int32),
+          "encoder_segment_ids": tile(enc_seg), "encoder_positions": tile(enc_pos),
+          "decoder_inputs": decoder_inputs, "targets": targets,
+          "segment_ids": tile(dec_seg), "positions": tile(dec_pos),
+          "loss_mask": tile(dec_seg > 0).astype(np.float32)}
+
+
+def make_model(name="mrt5", seed=0, **model):
+  return build_model(tiny_config(name, **model).model, nnx.Rngs(seed))
+
+
+def spread_gate(model, scale=12.0, seed=3):
+  """Gate logits spread far from 0 (b = 0): about half the positions deleted (G < -15)."""
+  dim = model.gate.weight[...].shape[0]
+  model.gate.weight[...] = jax.random.normal(jax.random.key(seed), (dim,)) * scale / dim ** 0.5
+  model.gate.bias[...] = jnp.zeros(())
+
+
+forward = nnx.jit(lambda m, b: m(b))
+forward_capacity = nnx.jit(lambda m, b, c: m(b, capacity=c), static_argnums=2)
+
+
+# ------------------------------------------------------------------ relative position bias
+
+def test_relative_position_buckets():
+  rel = jnp.array([0, -1, 1, -7, 7, -8, 8, -20, -127, -128, -1000, 1000])
+  bi = relative_position_bucket(rel, bidirectional=True, num_buckets=32, max_distance=128)
+  # 16 buckets per direction: 8 exact, then log-spaced up to 128 (keys after -> +16)
+  np.testing.assert_array_equal(bi, [0, 1, 17, 7, 23, 8, 24, 10, 15, 15, 15, 31])
+  causal = relative_position_bucket(rel, bidirectional=False, num_buckets=32, max_distance=128)
+  # 16 exact distances, then log-spaced; keys after the query share bucket 0
+  np.testing.assert_array_equal(causal, [0, 1, 0, 7, 0, 8, 0, 17, 31, 31, 31, 0])
+  distance = -jnp.arange(0, 2000)
+  buckets = relative_position_bucket(distance, bidirectional=False)
+  assert np.all(np.diff(np.asarray(buckets)) >= 0) and int(buckets.max()) == 31
+
+
+# ------------------------------------------------------------------ gate
+
+def test_gate_shape_range_and_init_keeps_everything():
+  model = make_model()
+  batch = enc_dec_batch(0, 2, 24, 8)
+  front = model.encode_front(batch)
+  gate = np.asarray(front["gate"])
+  assert gate.shape == (2, 24)
+  assert np.all(gate < 0) and np.all(gate > -30)
+  assert np.all(gate > -0.01)  # b = -10: sigmoid ~ 5e-5, nothing deleted at init
+  out = forward(model, batch)
+  assert float(out.metrics["deletion_ratio"]) == 0.0
+  spread_gate(model)
+  gate = np.asarray(model.encode_front(batch)["gate"])
+  assert np.all(gate < 0) and np.all(gate >= -30)  # float32 sigmoid saturates at 1
+  assert 0.2 < np.mean(gate < -15) < 0.8
+
+
+def test_gate_reg_uses_batch_alpha_and_reports_ratio():
+  model = make_model()
+  spread_gate(model)
+  batch = enc_dec_batch(0, 2, 24, 8, enc_docs=(10, None), dec_docs=(3, None))
+  batch["encoder_segment_ids"][:, -4:] = 0  # padding is not counted
+  out = forward(model, {**batch, "mrt5_alpha": jnp.float32(0.25)})
+  gate = np.asarray(model.encode_front(batch)["gate"])
+  real = batch["encoder_segment_ids"] > 0
+  np.testing.assert_allclose(out.aux_losses["gate_reg"], 0.25 * gate[real].mean(), rtol=1e-5)
+  np.testing.assert_allclose(out.metrics["deletion_ratio"], np.mean(gate[real] < -15), rtol=1e-6)
+  out_b = forward(model, {**batch, "mrt5_alpha": jnp.full((2,), 0.25)})  # [B] works too
+  np.testing.assert_allclose(out_b.aux_losses["gate_reg"], out.aux_losses["gate_reg"], rtol=1e-6)
+  assert float(forward(model, batch).aux_losses["gate_reg"]) == 0.0  # gate_alpha default 0
+
+
+def test_gate_forced_to_zero_equals_byt5_exactly():
+  model = make_model("mrt5")
+  model.gate.bias[...] = jnp.float32(-1e30)  # sigmoid -> 0, G = -0.0 exactly
+  baseline = make_model("byt5", seed=1)
+  params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
+  del params["gate"]
+  nnx.update(baseline, nnx.State(params))
+  batch = enc_dec_batch(0, 2, 24, 8, enc_docs=(9, None), dec_docs=(3, None))
+  out = forward(model, batch)
+  assert float(out.metrics["gate_mean"]) == 0.0
+  np.testing.assert_array_equal(np.asarray(out.logits), np.asarray(forward(baseline, batch).logits))
+
+
+# ------------------------------------------------------------------ hard deletion
+
+def test_soft_and_hard_deletion_agree():
+  """Hard deletion drops keys whose soft weight was scaled by exp(G) < exp(-15) ~ 3e-7,
+  so the logits agree to ~1e-6 of their scale; tolerance 1e-4 (logits are O(1))."""
+  model = make_model()
+  spread_gate(model)
+  batch = enc_dec_batch(0, 3, 32, 10, enc_docs=(12, None), dec_docs=(4, None))
+  batch["encoder_segment_ids"][2, -6:] = 0  # some padding, dropped too
+  soft = forward(model, batch)
+  hard_logits, encoded = mrt5.hard_deletion_forward(model, batch)
+  capacity = encoded["hidden"].shape[1]
+  assert capacity < 32, "the later layers must really run shorter"
+  assert 0.3 < float(soft.metrics["deletion_ratio"]) < 0.7
+  np.testing.assert_allclose(np.asarray(hard_logits), np.asarray(soft.logits), atol=1e-4, rtol=0)
+  # the same in one traced function with a static capacity
+  in_jit = forward_capacity(model, batch, capacity)
+  assert int(in_jit.metrics["deletion_overflow"]) == 0
+  np.testing.assert_allclose(np.asarray(in_jit.logits), np.asarray(hard_logits), atol=1e-5)
+  # a capacity too small for the kept positions is counted, not silently ignored
+  assert int(forward_capacity(model, batch, 4).metrics["deletion_overflow"]) > 0
+
+
+def test_hard_deletion_compiles_once_per_bucket():
+  model = make_model()
+  spread_gate(model)
+  before = dict(mrt5._TRACE_COUNTS)
+  capacities = set()
+  for seed in range(4):
+    batch = enc_dec_batch(seed, 2, 32, 8)
+    _, encoded = mrt5.hard_deletion_forward(model, batch)
+    capacities.add(encoded["hidden"].shape[1])
+  assert capacities <= set(mrt5.capacity_buckets(32, (0.25, 0.5, 0.75, 1.0)))
+  assert mrt5._TRACE_COUNTS["front"] - before["front"] == 1
+  assert mrt5._TRACE_COUNTS["back"] - before["back"] == len(capacities)
+  assert mrt5._TRACE_COUNTS["decode"] - before["decode"] == len(capacities)
+
+
+# ------------------------------------------------------------------ controller
+
+def test_controller_update_formula():
+  state = mrt5.controller_init()
+  state = mrt5.controller_update(state, 0.1, target_ratio=0.5)
+  np.testing.assert_allclose([state["p"], state["i"], state["alpha"]],
+                             [0.05 * 0.4, 1e-5 * 0.4, 0.05 * 0.4 + 1e-5 * 0.4], rtol=1e-6)
+  high = mrt5.controller_update(mrt5.controller_init(), 0.9, target_ratio=0.5)
+  assert float(high["alpha"]) == 0.0  # alpha = max(0, p + i)
+
+
+def test_controller_moves_deletion_ratio_to_target():
+  """Closed loop on a toy gate: N logits z = b + offsets; the task loss pulls b down
+  (keep everything), alpha * mean(G) pushes it up; plain gradient descent on b."""
+  offsets = np.linspace(-4.0, 4.0, 201)
+  b, task_pull, lr = -6.0, 0.02, 2.0
+  state = mrt5.controller_init()
+  ratios = []
+  for _ in range(3000):
+    z = b + offsets
+    ratio = float(np.mean(mrt5.GATE_K * (1 / (1 + np.exp(-z))) < mrt5.GATE_K / 2))
+    ratios.append(ratio)
+    sig = 1 / (1 + np.exp(-z))
+    d_gate_db = np.mean(mrt5.GATE_K * sig * (1 - sig))  # d mean(G) / db  (< 0)
+    b -= lr * (task_pull + float(state["alpha"]) * d_gate_db)
+    state = mrt5.controller_update(state, ratio, target_ratio=0.5)
+  assert ratios[0] == 0.0
+  assert abs(np.mean(ratios[-200:]) - 0.5) < 0.1, ratios[-10:]
+
+
+def test_controller_hook_for_train_loop():
+  cfg = tiny_config()
+  controller = controller_for(cfg.model)
+  assert isinstance(controller, mrt5.Controller)
+  extra = controller.init()
+  assert set(extra) == {"p", "i", "alpha"}
+  extra = controller.update(extra, {"model/deletion_ratio": jnp.float32(0.0)})
+  assert float(extra["alpha"]) > 0
+  batch = enc_dec_batch(0, 4, 16, 8)
+  assert controller.batch_inputs(extra)["mrt5_alpha"].shape == ()
+  assert controller.batch_inputs(extra, batch)["mrt5_alpha"].shape == (4,)
+  assert controller_for(tiny_config("byt5").model) is None
+
+
+# ------------------------------------------------------------------ decoder, packing, cache
+
+@pytest.mark.parametrize("name", ["mrt5", "byt5"])
+def test_decoder_causal(name):
+  batch = enc_dec_batch(0, 2, 16, 12, enc_docs=(6, None), dec_docs=(5, None))
+  testing.assert_causal(tiny_config(name), batch, positions=(0, 4, 8), key="decoder_inputs")
+
+
+def test_documents_do_not_attend_across_segments():
+  model = make_model()
+  spread_gate(model, scale=3.0)  # soft gate values of all sizes
+  batch = enc_dec_batch(0, 2, 24, 10, enc_docs=(9, None), dec_docs=(4, None))
+  alone = {k: v[:, 9:] if k.startswith("encoder") else v[:, 4:] for k, v in batch.items()}
+  both = np.asarray(forward(model, batch).logits)
+  np.testing.assert_allclose(both[:, 4:], np.asarray(forward(model, alone).logits), atol=2e-5)
+
+
+@pytest.mark.parametrize("name,hard", [("byt5", False), ("mrt5", False), ("mrt5", True)])
+def test_cached_decoding_matches_forward(name, hard):
+  model = make_model(name)
+  if name == "mrt5":
+    spread_gate(model)
+  batch = enc_dec_batch(0, 2, 20, 9)
+  batch["encoder_segment_ids"][1, -5:] = 0  # a shorter input in row 1
+  if hard:
+    full, encoded = mrt5.hard_deletion_forward(model, batch)
+  else:
+    encoded = nnx.jit(lambda m, b: m.encode(b))(model, batch)
+    full = forward(model, batch).logits
+  full = np.asarray(full)
+  cache = model.init_cache(2, 9, encoded)
+  step = nnx.jit(lambda m, c, ids: m.decode_step(c, ids))
+  for t in range(9):
+    logits, cache = step(model, cache, jnp.asarray(batch["decoder_inputs"][:, t]))
+    np.testing.assert_allclose(np.asarray(logits), full[:, t], atol=2e-5, rtol=1e-4,
+                               err_msg=f"cached logits differ at step {t}")
+  with pytest.raises(ValueError, match="encoder-decoder"):
+    model.init_cache(2, 9)
+
+
+# ------------------------------------------------------------------ training
+
+def test_sharded_matches_single_device():
+  if jax.device_count() < 8:
+    pytest.skip("needs 8 (simulated) devices: run through tests/conftest.py")
+  batch = enc_dec_batch(0, 8, 16, 8, enc_docs=(6, None), dec_docs=(3, None))
+  testing.assert_sharded_matches_single(tiny_config(), batch)
+
+
+def test_overfit():
+  batch = enc_dec_batch(0, 4, 24, 12)
+  losses = testing.overfit_losses(tiny_config(), batch, steps=40)
+  assert losses[-1] < 0.5 * losses[0], losses
+
+
+# ------------------------------------------------------------------ shapes
+
+def test_byt5_small_parameter_count():
+  cfg = byt5_small.get_config().model
+  model = nnx.eval_shape(lambda: build_model(cfg, nnx.Rngs(0)))
+  shapes = jax.tree.leaves(nnx.state(model, nnx.Param))
+  count = sum(int(np.prod(s.shape)) for s in shapes)
+  d, inner, ff, v = 1472, 6 * 64, 3584, 264
+  encoder_layer = 4 * d * inner + 3 * d * ff + 2 * d
+  decoder_layer = 8 * d * inner + 3 * d * ff + 3 * d
+  expected = 2 * v * d + 12 * encoder_layer + 4 * decoder_layer + 2 * d + 2 * 32 * 6
+  assert count == expected
+  assert 290e6 < count < 310e6, count  # ByT5-small: ~300M
+  assert model.gate is None
+  cfg.name = "mrt5"
+  gated = nnx.eval_shape(lambda: build_model(cfg, nnx.Rngs(0)))
+  assert gated.gate is not None and gated.gate_layer == 3
