@@ -74,6 +74,16 @@ def _bpe_layout(documents, data_config, *, seq_len, seed):
 LAYOUTS["bpe"] = _bpe_layout
 
 
+def _words_layout(documents, data_config, *, seq_len, seed):
+  """Word rows for HAT / word-pooled models (hnet/data/words.py; data.words_per_row,
+  data.bytes_per_word)."""
+  from hnet.data import words
+  return words.words_layout(documents, data_config, seq_len=seq_len, seed=seed)
+
+
+LAYOUTS["words"] = _words_layout
+
+
 class ProcessRowsMapDataset(grain.MapDataset):
   """This process's rows of each global batch, in order (see module docstring, step 4).
 
