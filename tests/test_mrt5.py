@@ -66,6 +66,7 @@ def spread_gate(model, scale=12.0, seed=3):
 
 
 forward = nnx.jit(lambda m, b: m(b))
+encode_front = nnx.jit(lambda m, b: m.encode_front(b))
 forward_capacity = nnx.jit(lambda m, b, c: m(b, capacity=c), static_argnums=2)
 
 
@@ -89,7 +90,7 @@ def test_relative_position_buckets():
 def test_gate_shape_range_and_init_keeps_everything():
   model = make_model()
   batch = enc_dec_batch(0, 2, 24, 8)
-  front = model.encode_front(batch)
+  front = encode_front(model, batch)
   gate = np.asarray(front["gate"])
   assert gate.shape == (2, 24)
   assert np.all(gate < 0) and np.all(gate > -30)
@@ -97,7 +98,7 @@ def test_gate_shape_range_and_init_keeps_everything():
   out = forward(model, batch)
   assert float(out.metrics["deletion_ratio"]) == 0.0
   spread_gate(model)
-  gate = np.asarray(model.encode_front(batch)["gate"])
+  gate = np.asarray(encode_front(model, batch)["gate"])
   assert np.all(gate < 0) and np.all(gate >= -30)  # float32 sigmoid saturates at 1
   assert 0.2 < np.mean(gate < -15) < 0.8
 
@@ -108,7 +109,7 @@ def test_gate_reg_uses_batch_alpha_and_reports_ratio():
   batch = enc_dec_batch(0, 2, 24, 8, enc_docs=(10, None), dec_docs=(3, None))
   batch["encoder_segment_ids"][:, -4:] = 0  # padding is not counted
   out = forward(model, {**batch, "mrt5_alpha": jnp.float32(0.25)})
-  gate = np.asarray(model.encode_front(batch)["gate"])
+  gate = np.asarray(encode_front(model, batch)["gate"])
   real = batch["encoder_segment_ids"] > 0
   np.testing.assert_allclose(out.aux_losses["gate_reg"], 0.25 * gate[real].mean(), rtol=1e-5)
   np.testing.assert_allclose(out.metrics["deletion_ratio"], np.mean(gate[real] < -15), rtol=1e-6)
@@ -132,9 +133,11 @@ def test_gate_forced_to_zero_equals_byt5_exactly():
 
 # ------------------------------------------------------------------ hard deletion
 
+@pytest.mark.slow
 def test_soft_and_hard_deletion_agree():
-  """Hard deletion drops keys whose soft weight was scaled by exp(G) < exp(-15) ~ 3e-7,
-  so the logits agree to ~1e-6 of their scale; tolerance 1e-4 (logits are O(1))."""
+  """Hard deletion drops keys whose soft attention weight was scaled by exp(G) < exp(-15)
+  ~ 3e-7: with <= 32 keys and O(1) values that bounds the change by ~1e-5 (measured:
+  6e-8 here, the closest deleted G is -16.4), so atol 1e-5."""
   model = make_model()
   spread_gate(model)
   batch = enc_dec_batch(0, 3, 32, 10, enc_docs=(12, None), dec_docs=(4, None))
@@ -144,7 +147,7 @@ def test_soft_and_hard_deletion_agree():
   capacity = encoded["hidden"].shape[1]
   assert capacity < 32, "the later layers must really run shorter"
   assert 0.3 < float(soft.metrics["deletion_ratio"]) < 0.7
-  np.testing.assert_allclose(np.asarray(hard_logits), np.asarray(soft.logits), atol=1e-4, rtol=0)
+  np.testing.assert_allclose(np.asarray(hard_logits), np.asarray(soft.logits), atol=1e-5, rtol=0)
   # the same in one traced function with a static capacity
   in_jit = forward_capacity(model, batch, capacity)
   assert int(in_jit.metrics["deletion_overflow"]) == 0
@@ -254,6 +257,7 @@ def test_cached_decoding_matches_forward(name, hard):
 
 # ------------------------------------------------------------------ training
 
+@pytest.mark.slow
 def test_sharded_matches_single_device():
   if jax.device_count() < 8:
     pytest.skip("needs 8 (simulated) devices: run through tests/conftest.py")
