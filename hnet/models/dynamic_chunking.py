@@ -97,6 +97,7 @@ class Routed(NamedTuple):
   inner: Stream                 # [B, C] bookkeeping of the chunk stream
   chunk_prob: jax.Array         # [B, C] p of each kept position (EMA weights)
   chunk_index_of_byte: jax.Array  # [B, L] int32
+  chunk_byte_index: jax.Array   # [B, C] int32 position each chunk came from, -1 if empty
   boundary_prob: jax.Array      # [B, L] float32
   boundary_mask: jax.Array      # [B, L] bool
   num_dropped: jax.Array        # [B] int32
@@ -145,7 +146,7 @@ def route_and_chunk(router: Router, h: jax.Array, stream: Stream, capacity: int,
                  segment_ids=out.extras["segment_ids"].astype(jnp.int32),
                  is_start=is_start, real=out.extras["real"] & out.chunk_valid)
   return Routed(out.chunks, inner, out.extras["boundary_prob"], out.chunk_index_of_byte,
-                prob, mask, out.num_dropped)
+                out.chunk_byte_index, prob, mask, out.num_dropped)
 
 
 def dechunk_and_combine(z: jax.Array, routed: Routed, residual: jax.Array, *,

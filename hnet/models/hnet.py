@@ -188,8 +188,9 @@ class HNet(nnx.Module):
   # ---------------------------------------------------------------- forward
 
   def _run_stage(self, s: int, x: jax.Array, stream: dc.Stream, aux: dict, metrics: dict,
-                 real_bytes: jax.Array) -> jax.Array:
-    """x [B, L_s, D_s] -> [B, L_s, D_s]."""
+                 real_bytes: jax.Array, trace: dict | None = None) -> jax.Array:
+    """x [B, L_s, D_s] -> [B, L_s, D_s]. `trace` (optional) collects each stage's
+    boundary_prob / boundary_mask [B, L_s] and chunk_byte_index [B, C]."""
     stage = self.stages[s]
     if s == self.num_stages:
       return stage.main(x, stream)
@@ -198,7 +199,10 @@ class HNet(nnx.Module):
     capacity = dc.capacity_for(h.shape[1], self.target_ratio[s], self.capacity_factor[s])
     routed = dc.route_and_chunk(stage.router, h, stream, capacity, **impl)  # C = capacity
     inner_x = shard(stage.widen(routed.chunks), ("batch", "length", "act_embed"))  # [B, C, D_s+1]
-    z = self._run_stage(s + 1, inner_x, routed.inner, aux, metrics, real_bytes)
+    if trace is not None:
+      trace[s] = {"boundary_prob": routed.boundary_prob, "boundary_mask": routed.boundary_mask,
+                  "chunk_byte_index": routed.chunk_byte_index}
+    z = self._run_stage(s + 1, inner_x, routed.inner, aux, metrics, real_bytes, trace)
     z = z[..., :stage.dim]  # [B, C, D_s]
     y = dc.dechunk_and_combine(z, routed, stage.residual(h), **impl)  # [B, L_s, D_s]
     y = shard(y, ("batch", "length", "act_embed"))
@@ -225,6 +229,28 @@ class HNet(nnx.Module):
     real_bytes = jnp.sum(stream.real.astype(jnp.float32))
     y = self._run_stage(0, x, stream, aux, metrics, real_bytes)
     return ModelOutput(logits=self._logits(y), aux_losses=aux, metrics=metrics)
+
+  def chunking(self, batch: dict[str, jax.Array]) -> list[dict[str, jax.Array]]:
+    """Per stage s: boundary_prob / boundary_mask [B, L] mapped back to byte positions
+    (a stage-s boundary is marked at the byte its element started at; 0 elsewhere)."""
+    segment_ids = batch["segment_ids"].astype(jnp.int32)
+    stream = dc.Stream(positions=batch["positions"].astype(jnp.int32), segment_ids=segment_ids,
+                       is_start=dc.segment_starts(segment_ids), real=segment_ids > 0)
+    trace: dict = {}
+    x = self.embed(batch["inputs"])
+    self._run_stage(0, x, stream, {}, {}, jnp.sum(stream.real.astype(jnp.float32)), trace)
+    B, L = segment_ids.shape
+    rows = jnp.arange(B)[:, None]
+    byte_of = jnp.broadcast_to(jnp.arange(L, dtype=jnp.int32), (B, L))  # stage element -> byte
+    out = []
+    for s in range(self.num_stages):
+      probs = jnp.zeros((B, L), jnp.float32).at[rows, byte_of].set(
+          trace[s]["boundary_prob"], mode="drop")
+      masks = jnp.zeros((B, L), bool).at[rows, byte_of].set(trace[s]["boundary_mask"], mode="drop")
+      out.append({"boundary_prob": probs, "boundary_mask": masks})
+      index = trace[s]["chunk_byte_index"]  # [B, C] element of stage s, -1 empty
+      byte_of = jnp.where(index >= 0, jnp.take_along_axis(byte_of, jnp.maximum(index, 0), 1), L)
+    return out
 
   def _logits(self, y: jax.Array) -> jax.Array:
     logits = self.head(y).astype(jnp.float32)
