@@ -84,6 +84,17 @@ def _words_layout(documents, data_config, *, seq_len, seed):
 LAYOUTS["words"] = _words_layout
 
 
+def _span_corruption_layout(documents, data_config, *, seq_len, seed):
+  """Encoder-decoder rows for MrT5 / ByT5 (hnet/data/span_corruption.py; data.objective
+  span_corruption | prefix_lm, data.decoder_seq_len, noise_density, mean_span_length)."""
+  from hnet.data import span_corruption
+  return span_corruption.span_corruption_layout(documents, data_config, seq_len=seq_len,
+                                                seed=seed)
+
+
+LAYOUTS["span_corruption"] = _span_corruption_layout
+
+
 class ProcessRowsMapDataset(grain.MapDataset):
   """This process's rows of each global batch, in order (see module docstring, step 4).
 
@@ -181,7 +192,8 @@ def make_iterator(data_config, split: str, *, seq_len: int | None = None,
   """make_dataset(...) as a checkpointable grain.DatasetIterator.
 
   data_config.num_workers > 0 moves batch assembly to that many worker processes
-  (grain mp_prefetch); the state stays exact either way.
+  (grain mp_prefetch); the state stays exact either way, but its format depends on
+  num_workers, so resume with the same value.
   """
   dataset = make_dataset(data_config, split, seq_len=seq_len, global_batch_size=global_batch_size,
                          process_index=process_index, process_count=process_count, seed=seed,
@@ -190,5 +202,8 @@ def make_iterator(data_config, split: str, *, seq_len: int | None = None,
       num_threads=read_threads, prefetch_buffer_size=prefetch_batches))
   num_workers = int(data_config.get("num_workers", 0))
   if num_workers > 0:
+    from absl import flags  # pylint: disable=g-import-not-at-top
+    if not flags.FLAGS.is_parsed():  # grain workers read absl flags; use their defaults
+      flags.FLAGS.mark_as_parsed()
     iter_dataset = iter_dataset.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers))
   return iter(iter_dataset)
