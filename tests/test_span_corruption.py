@@ -113,3 +113,18 @@ def test_chunks_fit_and_from_config():
   assert stacked["targets"].shape == (len(rows), 64)
   with pytest.raises(ValueError):
     sc.SpanCorruptionRows([b"abc"], 96, 32, objective="nope")
+
+
+def test_pipeline_layout_batches():
+  from hnet.data import pipeline
+  cfg = mrt5_tiny.get_config().data
+  cfg.seq_len, cfg.decoder_seq_len = 64, 16
+  assert "span_corruption" in pipeline.LAYOUTS
+  ds = pipeline.make_dataset(cfg, "train", global_batch_size=4)
+  batch = ds[0]
+  assert batch["encoder_inputs"].shape == (4, 64) and batch["targets"].shape == (4, 16)
+  assert set(batch) == set(sc.EXAMPLE_KEYS)
+  eval_a = pipeline.make_dataset(cfg, "validation", global_batch_size=4, repeat=False)[0]
+  eval_b = pipeline.make_dataset(cfg, "validation", global_batch_size=4, repeat=False)[0]
+  for k in sc.EXAMPLE_KEYS:
+    np.testing.assert_array_equal(eval_a[k], eval_b[k])

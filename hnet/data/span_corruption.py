@@ -296,6 +296,29 @@ def span_corruption_rows(documents: Iterable[bytes], data_config, seed: int | No
       mean_span_length=c.get("mean_span_length", 20.0))
 
 
+def span_corruption_layout(documents, data_config, *, seq_len: int, seed: int | None):
+  """hnet/data/pipeline.py LAYOUTS["span_corruption"]: documents (order permuted with
+  seed, as the bytes layout does) -> grain.MapDataset of encoder-decoder rows with
+  seq_len encoder positions (data.decoder_seq_len decoder positions). seed None (eval):
+  source order, and the noise still follows data.shuffle_seed, so evaluation rows are
+  the same every time."""
+  import grain  # pylint: disable=g-import-not-at-top
+  if seed is not None:
+    order = np.random.default_rng(seed).permutation(len(documents))
+    source_documents = documents
+    documents = [source_documents[int(i)] for i in order]
+  c = data_config
+  rows = SpanCorruptionRows(
+      documents, seq_len, c.get("decoder_seq_len", 0) or max(seq_len // 4, 2),
+      seed=c.get("shuffle_seed", 0) if seed is None else seed,
+      objective=c.get("objective", "span_corruption"),
+      noise_density=c.get("noise_density", 0.15),
+      mean_span_length=c.get("mean_span_length", 20.0))
+  if len(rows) == 0:
+    raise ValueError("No rows to train on: every document is empty.")
+  return grain.MapDataset.source(rows)
+
+
 def stack_rows(rows: SpanCorruptionRows) -> dict[str, np.ndarray]:
   """Every row stacked: {key: [R, Le or Ld]} (small corpora and tests)."""
   examples = [rows[r] for r in range(len(rows))]
