@@ -95,17 +95,6 @@ def _span_corruption_layout(documents, data_config, *, seq_len, seed):
 LAYOUTS["span_corruption"] = _span_corruption_layout
 
 
-def _span_corruption_layout(documents, data_config, *, seq_len, seed):
-  """Encoder-decoder rows for MrT5 / ByT5 (hnet/data/span_corruption.py; data.objective
-  span_corruption | prefix_lm, data.decoder_seq_len, noise_density, mean_span_length)."""
-  from hnet.data import span_corruption
-  return span_corruption.span_corruption_layout(documents, data_config, seq_len=seq_len,
-                                                seed=seed)
-
-
-LAYOUTS["span_corruption"] = _span_corruption_layout
-
-
 class ProcessRowsMapDataset(grain.MapDataset):
   """This process's rows of each global batch, in order (see module docstring, step 4).
 
