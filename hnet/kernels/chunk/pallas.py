@@ -70,8 +70,9 @@ def _match_matmul_kernel(row_key_ref, col_key_ref, x_ref, out_ref, *, block_n: i
 
 
 def match_matmul(x, row_key, col_key, *, block_m=64, block_n=64, block_d=128,
-                 interpret=False):
-  """x [B, N, D], row_key [B, M], col_key [B, N] int32 -> [B, M, D] in x.dtype.
+                 out_dtype=None, interpret=False):
+  """x [B, N, D], row_key [B, M], col_key [B, N] int32 -> [B, M, D] in out_dtype
+  (default x.dtype).
 
   out[b, i] = sum_j [row_key[b, i] == col_key[b, j] >= 0] x[b, j]; valid keys must be
   non-decreasing along each row (negative keys may sit anywhere).
@@ -89,7 +90,7 @@ def match_matmul(x, row_key, col_key, *, block_m=64, block_n=64, block_d=128,
                     1, cols_p, _COL_PAD)
   out = pl.pallas_call(
       functools.partial(_match_matmul_kernel, block_n=block_n),
-      out_shape=jax.ShapeDtypeStruct((batch, rows_p, dim_p), x.dtype),
+      out_shape=jax.ShapeDtypeStruct((batch, rows_p, dim_p), out_dtype or x.dtype),
       grid=(batch, rows_p // block_m, dim_p // block_d),
       in_specs=[
           pl.BlockSpec((None, block_m), lambda b, i, d: (b, i)),
@@ -107,22 +108,27 @@ def _arange_keys(batch: int, n: int) -> jax.Array:
   return jnp.broadcast_to(jnp.arange(n, dtype=jnp.int32), (batch, n))
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
-def gather_rows_pallas(x: jax.Array, index: jax.Array, interpret: bool = False):
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def gather_rows_pallas(x: jax.Array, index: jax.Array, interpret: bool = False,
+                       out_dtype=None):
   """x [B, N, D], index [B, M] int32 (valid entries non-decreasing, -1 = empty)
-  -> [B, M, D] = x[b, index[b, i]], zeros where empty. Backward: scatter-add."""
+  -> [B, M, D] = x[b, index[b, i]] cast to out_dtype (default x.dtype), zeros where
+  empty. Backward: a scatter-add accumulated in float32, returned in x.dtype."""
   return match_matmul(x, index, _arange_keys(x.shape[0], x.shape[1]),
-                      interpret=interpret)
+                      out_dtype=out_dtype, interpret=interpret)
 
 
-def _gather_fwd(x, index, interpret):
-  return gather_rows_pallas(x, index, interpret), (index, x.shape[1])
+def _gather_fwd(x, index, interpret, out_dtype):
+  out = gather_rows_pallas(x, index, interpret, out_dtype)
+  x_like = jnp.zeros((0, x.shape[1]), x.dtype)  # carries x's row count and dtype
+  return out, (index, x_like)
 
 
-def _gather_bwd(interpret, residuals, grad_out):
-  index, num_cols = residuals
-  grad_x = match_matmul(grad_out, _arange_keys(index.shape[0], num_cols), index,
-                        interpret=interpret)
+def _gather_bwd(interpret, out_dtype, residuals, grad_out):
+  del out_dtype
+  index, x_like = residuals
+  grad_x = match_matmul(grad_out, _arange_keys(index.shape[0], x_like.shape[1]), index,
+                        out_dtype=x_like.dtype, interpret=interpret)
   return grad_x, None
 
 

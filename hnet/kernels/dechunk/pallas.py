@@ -122,4 +122,6 @@ def dechunk_pallas(z, chunk_prob, chunk_reset, chunk_index_of_byte, *, block_d=6
                    interpret=False):
   """Same contract as `dechunk_reference`; chunk_prob must already be clamped."""
   z_bar = ema_scan_pallas(z, chunk_prob, chunk_reset, block_d, interpret)  # [B, C, D]
-  return gather_rows_pallas(z_bar.astype(z.dtype), chunk_index_of_byte, interpret)
+  # Gather from the float32 z_bar, write z.dtype: the backward scatter-add then sums
+  # the byte gradients in float32.
+  return gather_rows_pallas(z_bar, chunk_index_of_byte, interpret, z.dtype)

@@ -48,4 +48,6 @@ def dechunk_reference(
   """z [B, C, D], chunk_prob [B, C] (clamped here), chunk_reset [B, C] bool,
   chunk_index_of_byte [B, L] int32 -> out [B, L, D] in z.dtype."""
   z_bar = ema_scan_reference(z, clamp_chunk_prob(chunk_prob), chunk_reset)  # [B, C, D]
-  return gather_rows_reference(z_bar.astype(z.dtype), chunk_index_of_byte)  # [B, L, D]
+  # Upsample the float32 z_bar, then cast: the backward scatter-add sums in float32.
+  out = gather_rows_reference(z_bar, chunk_index_of_byte)  # [B, L, D]
+  return out.astype(z.dtype)
