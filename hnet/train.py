@@ -149,7 +149,7 @@ def train_step(state, batch, *, graphdef, tx, grad_accum: int, controller=None):
   return new_state, metrics
 
 
-def eval_step(params, batch, *, graphdef, extra=None, controller=None):
+def eval_step(params, batch, extra, *, graphdef, controller=None):
   """Summed nats / bytes / targets over the batch, plus model metrics."""
   if controller is not None:
     batch = {**batch, **controller.batch_inputs(extra)}

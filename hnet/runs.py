@@ -1,0 +1,39 @@
+"""Reading a run directory back: its config and its trained model.
+
+A run directory (--workdir) holds config.json, checkpoints/<step>/, tb/ and
+metrics.jsonl. Tools load models from it with `load_model(workdir)`.
+"""
+from __future__ import annotations
+
+import json
+import os
+
+import jax
+import ml_collections
+from flax import nnx
+
+from hnet import checkpoint, sharding
+from hnet.train import make_setup, merge_model
+
+
+def load_config(workdir: str) -> ml_collections.ConfigDict:
+  path = os.path.join(workdir, "config.json")
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"{path} not found: {workdir!r} is not a run directory "
+                            "(train with python -m hnet.main --workdir=... first).")
+  with open(path) as f:
+    return ml_collections.ConfigDict(json.load(f))
+
+
+def load_model(workdir: str, step: int | None = None) -> tuple[nnx.Module, ml_collections.ConfigDict, int]:
+  """The model of the newest readable checkpoint (or `step`) on one device."""
+  config = load_config(workdir)
+  config.mesh.data, config.mesh.fsdp, config.mesh.tensor = 1, 1, 1
+  mesh = sharding.make_mesh(1, 1, 1, devices=jax.devices()[:1])
+  setup = make_setup(config, mesh)
+  manager = checkpoint.make_manager(os.path.join(workdir, "checkpoints"), async_save=False)
+  try:
+    step, state = checkpoint.restore(manager, setup.abstract_state, None, step)
+  finally:
+    manager.close()
+  return merge_model(setup.graphdef, state["params"]), config, step
