@@ -15,6 +15,7 @@ EXPECTED = [  # (text, expected words)
     ("Hello, world.", ["Hello", ",", " world", "."]),
     ("camelCase and HTTPServer", ["camel", "Case", " and", " HTTP", "Server"]),
     ("parseXMLFile", ["parse", "XML", "File"]),
+    ("ÉCOLENormale AAß ABCÀb", ["ÉCOLE", "Normale", " AAß", " ABC", "Àb"]),
     ("HTTPS x86 3D utf8Decode", ["HTTPS", " x86", " 3D", " utf8Decode"]),
     ("don't", ["don", "'", "t"]),
     ("a  b", ["a", "  ", "b"]),
@@ -49,6 +50,15 @@ def test_invalid_bytes_are_single_words():
   assert split(b"ab\xe4\xb8X") == [b"ab", b"\xe4", b"\xb8", b"X"]     # truncated, then not
   assert split(b"ab\xe4\xb8") == [b"ab\xe4\xb8"]                      # incomplete tail
   assert split(b"ab\xe4\xb8\xad") == [b"ab", "中".encode()]
+
+
+def test_regressions_acronym_with_incomplete_character():
+  # "0AÀß" with a 4-byte cap: the cap must not finish "0AÀ" before the incomplete "ß"
+  data, size = "0AÀß".encode(), 4
+  for k in range(1, len(data) + 1):
+    part, full = split(data[:k], size), split(data, size)
+    assert part[:-1] == full[:len(part) - 1]
+  assert split("AAß".encode()[:3]) == [b"AA\xc3"] and split("AAß".encode()) == ["AAß".encode()]
 
 
 def test_length_cap():

@@ -19,8 +19,10 @@ Rules (c = a character; "letter" = \\p{L}, \\p{M} or \\p{N} that is not CJK):
      code point.
   4. Letters/digits/marks form one word, cut at camelCase transitions:
      lower -> Upper (before U when the previous character is \\p{Ll}: "camel|Case"), and
-     ACRONYMWord (before the last capital of a capital run when a lowercase letter follows
-     it: "HTTP|Server"). Digits and caseless letters never cause a cut ("utf8Decode",
+     ACRONYMWord (before the last capital of a capital run when an ASCII lowercase
+     letter a-z follows it: "HTTP|Server", "ÉCOLE|Normale"; a non-ASCII lowercase
+     follower does not cut, "AAß" stays whole: its first byte would leave the cut
+     undecided together with the incomplete character, see P3). Digits and caseless letters never cause a cut ("utf8Decode",
      "x86" and "3D" stay whole).
   5. Whitespace (\\p{White_Space}: space, tab, newlines, NBSP, U+3000, ...): a single
      U+0020 SPACE that starts a word (i.e. directly follows a non-whitespace character or
@@ -71,9 +73,9 @@ _UPPER = r"[\p{Lu}\p{Lt}]"
 _LOWER = r"\p{Ll}"
 # A letter run; inside it (never before its first character, so the lookbehinds only see
 # the run itself) a cut is made before an upper-case letter that follows a lower-case one
-# or that follows an upper-case one and is followed by a lower-case one.
+# or that follows an upper-case one and is followed by an ASCII lower-case letter.
 _LETTER_RUN = (_LETTER + r"(?:" + _LOWER + r"++|(?!(?<=" + _LOWER + r")" + _UPPER + r"|(?<="
-               + _UPPER + r")" + _UPPER + r"(?=" + _LOWER + r"))" + _LETTER + r")*+")
+               + _UPPER + r")" + _UPPER + r"(?=[a-z]))" + _LETTER + r")*+")
 _OTHER = r"[^\p{White_Space}\udc80-\udcff]"
 # ASCII fast paths (same result as _LETTER_RUN / _OTHER, about 2x faster on English): a
 # lower-case run, a capitalised word and a capital run, each only when the next character
