@@ -74,7 +74,7 @@ def test_length_cap():
 # whitespace runs, punctuation, emoji, combining marks, digits, other scripts.
 ALPHABET = list("aBcXyZ09 _.,'!?(\n\t\r") + ["  ", "\u00a0", "\u3000", "中", "文", "カ", "ひ",
                                                   "한", "é", "Ä", "ß", "\u0301", "Ж", "ж", "😀",
-                                                  "\u200d", "\ufe0f", "ǅ", "١"]
+                                                  "\u200d", "\ufe0f", "ǅ", "١", "\U00010400", "À"]
 texts = st.lists(st.sampled_from(ALPHABET), max_size=30).map(lambda x: "".join(x).encode())
 mixed = st.lists(st.one_of(st.sampled_from(ALPHABET).map(str.encode),
                            st.binary(min_size=1, max_size=2)), max_size=20).map(b"".join)
@@ -164,9 +164,9 @@ def test_generation_helpers_agree_with_split(data, size):
     assert new == (k == 0 or begin > open_word_start(prefix, size))
     if new:
       # the finished words are final, and the new open word starts at a real boundary,
-      # at most one character (<= 3 bytes back for a multi-byte one, 1 for ACRONYMWord)
-      # before the new byte
-      assert begin in starts and k - 3 <= begin <= k
+      # at most one character before the new byte (the rest of a multi-byte character,
+      # or the last capital of an acronym: up to 4 bytes, e.g. U+10400 DESERET)
+      assert begin in starts and k - 4 <= begin <= k
     elif k in starts and k > 0:
       # a boundary at k that is not reported now is reported once k's character is
       # complete or the acronym resolves (P3 cases only)

@@ -54,7 +54,7 @@ the prefix is a prefix of the corresponding word (the strict form; tested too).
 Generation: `starts_new_word(prefix, next_byte)` says whether appending the byte
 finishes the open word; `split_with_open_last` returns the finished words and the open
 word; `WordStream` does this incrementally (cost per byte ~ length of the open word).
-When a new word starts, it may start up to 3 bytes *before* the new byte (the cases of
+When a new word starts, it may start up to 4 bytes *before* the new byte (the cases of
 P3): `open_word_start(data)` tells where.
 """
 from __future__ import annotations
@@ -164,8 +164,9 @@ def starts_new_word(prefix: bytes, next_byte: int, max_word_size: int = MAX_WORD
   """True iff appending next_byte to prefix finishes the open word of prefix, i.e.
   split(prefix + next_byte) has more words than split(prefix) (the count never shrinks).
   The new open word then starts at open_word_start(prefix + next_byte), which is
-  len(prefix) except in the P3 cases (up to 3 bytes earlier). For the lead byte of a
-  multi-byte character the answer is False; the boundary before it, if any, is reported
+  len(prefix) except in the P3 cases (up to 4 bytes earlier: the rest of an incomplete
+  character, or the last capital of ACRONYMWord). For the lead byte of a multi-byte
+  character the answer is False; the boundary before it, if any, is reported
   when the character completes."""
   data = bytes(prefix) + bytes([next_byte])
   return len(split(data, max_word_size)) > len(split(prefix, max_word_size))
