@@ -112,3 +112,117 @@ def overfit_losses(config, batch, steps: int = 30) -> list[float]:
       state, metrics = step_fn(state, batch)
       losses.append(float(metrics["loss"]))
   return losses
+
+
+# --- word layouts (HAT, Learn Your Tokens, Byte2Word) ---------------------------------
+
+def word_layout_batch(rows_of_docs, length: int, num_words: int, word_len: int) -> dict:
+  """Reference word layout built with hnet/text/splitter.py, for tests.
+
+  rows_of_docs: per row, a list of documents (bytes); each row is BOS doc EOS BOS doc EOS
+  ... cut to `length` inputs (+1 target), padded with PAD. Words: BOS and EOS are words
+  of their own, the document bytes are split with max_word_size = word_len. Keys: the byte
+  keys of packed_byte_batch plus word_index, byte_in_word, open_word_index [L] (the word
+  open after reading inputs[:t+1]: equals word_index except where the splitter places a
+  boundary late, splitter property P3), word_segment_ids, word_positions, word_mask,
+  word_lengths [W], word_bytes, next_word_bytes [W, Lw] (PAD-filled), next_word_mask [W].
+  """
+  from hnet.text.splitter import split
+  B = len(rows_of_docs)
+  out = {k: np.zeros((B, length), np.int32) for k in
+         ("inputs", "targets", "segment_ids", "positions", "word_index", "byte_in_word",
+          "open_word_index")}
+  out.update({k: np.zeros((B, num_words), np.int32) for k in
+              ("word_segment_ids", "word_positions", "word_mask", "word_lengths", "next_word_mask")})
+  out["word_bytes"] = np.full((B, num_words, word_len), hbytes.PAD_ID, np.int32)
+  out["next_word_bytes"] = np.full((B, num_words, word_len), hbytes.PAD_ID, np.int32)
+  for b, docs in enumerate(rows_of_docs):
+    ids, seg, pos, widx, bidx, oidx, words = [], [], [], [], [], [], []  # words: (seg, wpos, ids)
+    for d, doc in enumerate(docs):
+      doc = bytes(doc)
+      doc_words = [[hbytes.BOS_ID]] + [list(w) for w in split(doc, word_len)] + [[hbytes.EOS_ID]]
+      first, doc_start = len(words), len(ids)
+      for wpos, w in enumerate(doc_words):
+        for k, byte in enumerate(w):
+          pos.append(len(ids) - doc_start)
+          ids.append(byte)
+          seg.append(d + 1)
+          widx.append(first + wpos)
+          bidx.append(k)
+        words.append((d + 1, wpos, w))
+      # open word after each input: BOS word at BOS, then 1 + finished words of the prefix
+      oidx.append(first)
+      for k in range(1, len(doc) + 1):
+        oidx.append(first + 1 + len(split(doc[:k], word_len)) - 1)
+      oidx.append(first + len(doc_words) - 1)
+    n = min(len(ids) - 1, length)
+    assert n > 0 and widx[n - 1] < num_words, "row needs more words or shorter docs"
+    out["inputs"][b, :n], out["targets"][b, :n] = ids[:n], ids[1:n + 1]
+    out["segment_ids"][b, :n], out["positions"][b, :n] = seg[:n], pos[:n]
+    out["word_index"][b, :n], out["byte_in_word"][b, :n] = widx[:n], bidx[:n]
+    out["open_word_index"][b, :n] = oidx[:n]
+    out["inputs"][b, n:] = out["targets"][b, n:] = hbytes.PAD_ID
+    out["word_index"][b, n:] = num_words  # padding bytes belong to no word
+    last_word = widx[n - 1]
+    for w in range(last_word + 1):
+      s, wpos, wbytes = words[w]
+      in_row = [i for i in range(n) if widx[i] == w]
+      out["word_segment_ids"][b, w], out["word_positions"][b, w] = s, wpos
+      out["word_mask"][b, w], out["word_lengths"][b, w] = 1, len(in_row)
+      out["word_bytes"][b, w, :len(in_row)] = [ids[i] for i in in_row]
+      if w + 1 <= last_word and words[w + 1][0] == s:
+        nxt = [ids[i] for i in range(n) if widx[i] == w + 1]
+        out["next_word_bytes"][b, w, :len(nxt)] = nxt
+        out["next_word_mask"][b, w] = 1
+  # every real target, except an EOS input's target (the next document's BOS)
+  out["loss_mask"] = ((out["segment_ids"] > 0) & (out["targets"] != hbytes.PAD_ID)
+                      & (out["inputs"] != hbytes.EOS_ID)).astype(np.float32)
+  return out
+
+
+def _random_text(rng, n: int) -> bytes:
+  alphabet = b"abcdefgh ABCD,.\n"
+  return bytes(rng.choice(list(alphabet), n).tolist())
+
+
+def assert_word_causal(config, docs, length: int, num_words: int, word_len: int,
+                       positions=(0, 5, 13), atol: float = 0.0):
+  """Word-layout causality: one document per row; the bytes after input t are replaced
+  (which changes later words and the word layout, rebuilt with the splitter) and the
+  logits at positions <= t must not change."""
+  model = build_model(config.model, nnx.Rngs(0))
+  forward = nnx.jit(lambda m, b: m(b).logits)
+  batch = word_layout_batch([[d] for d in docs], length, num_words, word_len)
+  base = np.asarray(forward(model, batch))
+  rng = np.random.default_rng(1)
+  for t in positions:
+    # input t is document byte t-1 (input 0 is BOS): keep doc[:t], replace the rest
+    changed_docs = [d[:t] + _random_text(rng, len(d) - t) for d in docs]
+    changed = word_layout_batch([[d] for d in changed_docs], length, num_words, word_len)
+    out = np.asarray(forward(model, changed))
+    np.testing.assert_allclose(out[:, :t + 1], base[:, :t + 1], atol=atol, rtol=0,
+                               err_msg=f"logits at positions <= {t} depend on later bytes")
+    assert not np.allclose(out[:, t + 1:], base[:, t + 1:]), "changing the future changed nothing"
+
+
+def assert_word_cached_generation_matches(config, docs, length: int, num_words: int,
+                                          word_len: int, atol: float = 2e-5):
+  """Word models: decode_step(cache, ids, finished_lengths) fed x_0..x_t one by one, with
+  the word boundaries found by the host-side splitter (hnet.models.hat.WordBoundaryTracker),
+  gives the full-forward logits at t. One document per row."""
+  from hnet.models.hat import WordBoundaryTracker
+  model = build_model(config.model, nnx.Rngs(0))
+  batch = word_layout_batch([[d] for d in docs], length, num_words, word_len)
+  full = np.asarray(nnx.jit(lambda m, b: m(b).logits)(model, batch))
+  inputs = np.asarray(batch["inputs"])
+  B, L = inputs.shape
+  tracker = WordBoundaryTracker(B, model.max_words_per_step, word_len)
+  step_fn = nnx.jit(lambda m, c, ids, f: m.decode_step(c, ids, f))
+  cache = model.init_cache(B, L)
+  real = np.asarray(batch["segment_ids"]) > 0
+  for t in range(L):
+    finished = tracker.push(inputs[:, t])
+    logits, cache = step_fn(model, cache, jnp.asarray(inputs[:, t]), jnp.asarray(finished))
+    rows = real[:, t]
+    np.testing.assert_allclose(np.asarray(logits)[rows], full[rows, t], atol=atol, rtol=1e-4,
+                               err_msg=f"cached logits differ at step {t}")

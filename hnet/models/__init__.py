@@ -11,6 +11,9 @@ MODELS = {
     "transformer": "hnet.models.transformer:build",
     "mrt5": "hnet.models.mrt5:build",
     "byt5": "hnet.models.mrt5:build",
+    "hat": "hnet.models.hat:build",
+    "lyt": "hnet.models.word_pooled:build",
+    "byte2word": "hnet.models.word_pooled:build",
     "hnet": "hnet.models.hnet:build",
 }
 

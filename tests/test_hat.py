@@ -1,0 +1,106 @@
+"""HAT: word-aware causality, cached generation == forward, sharding, overfit, metrics."""
+import jax
+import numpy as np
+import pytest
+from flax import nnx
+
+from configs import hat_7b, hat_tiny
+from hnet import testing
+from hnet.models import build_model
+from hnet.train import abstract_model
+
+WORD_LEN = 8
+DOCS = [b"Hello world, HTTPServer ok fine", b"ab cd\n\nefgh, ij klmnop qr"]
+
+
+def tiny_config(**model):
+  c = hat_tiny.get_config()
+  m = c.model
+  m.encoder_dim, m.encoder_layers, m.encoder_heads, m.encoder_kv_heads = 16, 1, 2, 2
+  m.encoder_mlp_dim, m.window = 32, 6
+  m.dim, m.num_layers, m.num_heads, m.num_kv_heads, m.mlp_dim = 32, 2, 4, 2, 64
+  m.decoder_dim, m.decoder_layers, m.decoder_heads, m.decoder_kv_heads = 16, 2, 2, 2
+  m.decoder_mlp_dim, m.pooling_heads, m.max_word_len = 32, 2, WORD_LEN
+  m.update(model)
+  c.train.steps, c.train.warmup_steps, c.train.lr = 40, 2, 1e-2
+  return c
+
+
+@pytest.mark.parametrize("pooling", ["query", "mean"])
+def test_causal(pooling):
+  testing.assert_word_causal(tiny_config(pooling=pooling), DOCS, 24, 24, WORD_LEN,
+                             positions=(0, 4, 11, 17))
+
+
+def test_late_boundary_uses_open_word():
+  """'HTTPS' + 'e' moves the boundary before 'S' (splitter P3): the logits at 'S' must
+  not depend on the 'e' that follows it."""
+  cfg = tiny_config()
+  model = build_model(cfg.model, nnx.Rngs(0))
+  forward = nnx.jit(lambda m, b: m(b).logits)
+  a = testing.word_layout_batch([[b"xy HTTPSe"]], 10, 6, WORD_LEN)
+  b = testing.word_layout_batch([[b"xy HTTPS."]], 10, 6, WORD_LEN)
+  assert a["word_index"][0, 8] != b["word_index"][0, 8]       # 'S' starts "Se" only in a
+  np.testing.assert_array_equal(a["open_word_index"][0, :9], b["open_word_index"][0, :9])
+  np.testing.assert_allclose(np.asarray(forward(model, a))[:, :9],
+                             np.asarray(forward(model, b))[:, :9], atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("window", [4, 0])
+def test_cached_generation_matches_forward(window):
+  docs = DOCS + [b"HTTPSe \xe4\xb8\xad\xe6x \xff camelCase"]
+  testing.assert_word_cached_generation_matches(tiny_config(window=window), docs, 30, 20, WORD_LEN)
+
+
+def test_sharded_matches_single_device():
+  rows = [[DOCS[i % 2][:12 + i], b"zz top"] for i in range(8)]
+  batch = testing.word_layout_batch(rows, 24, 14, WORD_LEN)
+  testing.assert_sharded_matches_single(tiny_config(), batch)
+
+
+def test_documents_do_not_interact():
+  cfg = tiny_config()
+  both = testing.word_layout_batch([[b"ab cd ef", b"gh ij"]], 16, 10, WORD_LEN)
+  alone = testing.word_layout_batch([[b"gh ij"]], 6, 10, WORD_LEN)
+  start = int(np.argmax(both["segment_ids"][0] == 2))
+  out_both = np.asarray(testing.model_logits(cfg, both))
+  out_alone = np.asarray(testing.model_logits(cfg, alone))
+  np.testing.assert_allclose(out_both[:, start:start + 6], out_alone[:, :6], atol=2e-5)
+
+
+def test_metrics_exact_match():
+  """With logits that put all mass on the targets, every counted word is right."""
+  from hnet.models.hat import word_metrics
+  batch = testing.word_layout_batch([[b"the quick brownie fox jumps"]], 30, 10, WORD_LEN)
+  perfect = jax.nn.one_hot(batch["targets"], 264) * 10.0
+  m = word_metrics(perfect, batch, 10)
+  assert float(m["next_word_accuracy"]) == 1.0 and float(m["rare_word_accuracy"]) == 1.0
+  wrong = np.array(perfect)
+  wrong[0, 6] = np.roll(wrong[0, 6], 1)    # one byte of " quick" wrong
+  m = word_metrics(wrong, batch, 10)
+  # counted: "the", " quick", " brownie" (rare: >= 8 bytes), " fox", " jumps" (the row is
+  # padded after EOS, so no word touches the row's end); BOS has no target byte.
+  np.testing.assert_allclose(float(m["next_word_accuracy"]), 4 / 5)
+  np.testing.assert_allclose(float(m["rare_word_accuracy"]), 1.0)
+  np.testing.assert_allclose(float(m["bytes_per_word"]), 27 / 6)  # 27 bytes, 6 words in the row (BOS + 5; EOS is a target only)
+  wrong[0, 13] = np.roll(wrong[0, 13], 1)  # target 13 = input 14, inside " brownie"
+  np.testing.assert_allclose(float(word_metrics(wrong, batch, 10)["rare_word_accuracy"]), 0.0)
+
+
+def test_overfit():
+  rows = [[DOCS[0]], [DOCS[1]], [b"one two three four five"], [b"six seven eight"]]
+  batch = testing.word_layout_batch(rows, 32, 16, WORD_LEN)
+  losses = testing.overfit_losses(tiny_config(), batch, steps=40)
+  assert losses[-1] < 0.5 * losses[0], losses
+
+
+def test_7b_shapes():
+  cfg = hat_7b.get_config()
+  model = abstract_model(cfg.model)
+  params = nnx.state(model, nnx.Param)
+  n = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params))
+  backbone = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(nnx.state(model.backbone, nnx.Param)))
+  # Llama-3.1-8B without embedding and head: 32 x (4 attn + 3 mlp matrices + 2 norms)
+  per_layer = 4096 * (4096 + 1024 + 1024 + 4096) + 3 * 4096 * 14336 + 2 * 4096
+  assert backbone == 32 * per_layer
+  assert 7.0e9 < n < 8.5e9, n
