@@ -10,6 +10,7 @@ Multi-host: start one process per host with --coordinator=host:port
 from __future__ import annotations
 
 import logging
+import re
 import sys
 
 from absl import app, flags
@@ -43,9 +44,16 @@ def main(argv):
 def run():
   try:
     app.run(main)
-  except KeyError as e:  # ml_collections: override of a key that does not exist
-    sys.exit(f"config error: {e}. Check the spelling against the config file "
-             "(python -m hnet.main --config=... --helpfull lists every field).")
+  except (KeyError, AttributeError) as e:  # ml_collections: override of a key that does not exist
+    match = re.search(r"([A-Za-z_][A-Za-z0-9_]*)", str(e))
+    key = match.group(1) if match else ""
+    flag = next((a for a in sys.argv[1:] if a.startswith("--config.") and key and key in a), None)
+    if flag is None:
+      raise
+    hint = re.search(r'Did you mean "([^"]+)"', str(e))
+    sys.exit(f"config error: unknown key {key!r} in {flag.split('=')[0]}."
+             + (f" Did you mean {hint.group(1)!r}?" if hint else "")
+             + " python -m hnet.main --helpfull lists every field.")
 
 
 if __name__ == "__main__":
