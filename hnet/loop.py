@@ -102,9 +102,28 @@ def _check_finite(metrics: dict[str, float], step: int, manager) -> None:
         "--workdir to resume from that checkpoint.")
 
 
+def _prepare_bpe(config, workdir: str) -> None:
+  """BPE runs (data.layout "bpe"): the tokenizer lives in the run directory
+  (data.bpe_tokenizer = <workdir>/bpe_tokenizer.json unless set), is trained (or loaded)
+  before the model is built, and must fit the model's head (model.vocab_size)."""
+  if config.data.get("layout", "bytes") != "bpe":
+    return
+  from hnet.data import bpe  # pylint: disable=g-import-not-at-top
+  if not config.data.get("bpe_tokenizer", ""):
+    with config.unlocked():
+      config.data.bpe_tokenizer = os.path.abspath(os.path.join(workdir, bpe.TOKENIZER_FILE))
+  tokenizer = bpe.tokenizer_for(config.data)
+  if tokenizer.padded_vocab_size > config.model.vocab_size:
+    raise ValueError(f"the BPE tokenizer {config.data.bpe_tokenizer} has "
+                     f"{tokenizer.vocab_size} ids but model.vocab_size is "
+                     f"{config.model.vocab_size}; set it to {tokenizer.padded_vocab_size}.")
+  log.info("BPE tokenizer %s: %s", config.data.bpe_tokenizer, bpe.tokenizer_summary(tokenizer))
+
+
 def run(config, workdir: str) -> dict[str, Any]:
   """Trains `config` in `workdir` (resuming if it holds checkpoints); returns a summary."""
   os.makedirs(workdir, exist_ok=True)
+  _prepare_bpe(config, workdir)
   mesh = sharding.make_mesh(config.mesh.data, config.mesh.fsdp, config.mesh.tensor)
   setup = make_setup(config, mesh)
   manager = checkpoint.make_manager(os.path.join(workdir, "checkpoints"), keep=config.checkpoint.keep,
