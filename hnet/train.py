@@ -116,7 +116,7 @@ def loss_fn(params, graphdef, batch, num_targets, aux_scale=1.0):
 def train_step(state, batch, *, graphdef, tx, grad_accum: int, controller=None):
   """One optimizer step over `batch` (split into `grad_accum` micro-batches). Pure."""
   if controller is not None:
-    batch = {**batch, **controller.batch_inputs(state["extra"])}
+    batch = {**batch, **controller.batch_inputs(state["extra"], batch)}
   num_targets = jnp.sum(batch["loss_mask"].astype(jnp.float32))
   grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
 
@@ -152,7 +152,7 @@ def train_step(state, batch, *, graphdef, tx, grad_accum: int, controller=None):
 def eval_step(params, batch, extra, *, graphdef, controller=None):
   """Summed nats / bytes / targets over the batch, plus model metrics."""
   if controller is not None:
-    batch = {**batch, **controller.batch_inputs(extra)}
+    batch = {**batch, **controller.batch_inputs(extra, batch)}
   output = merge_model(graphdef, params)(batch)
   nats, count, nbytes = token_losses(output, batch)
   return {"nats": nats, "targets": count, "bytes": nbytes,

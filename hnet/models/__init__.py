@@ -29,7 +29,7 @@ def build_model(model_config, rngs: nnx.Rngs) -> nnx.Module:
 
 # name -> "module:Class" of a controller: non-gradient state a family keeps in the
 # train state (saved in checkpoints). A controller has init() -> dict,
-# batch_inputs(extra) -> dict of extra batch entries, update(extra, metrics) -> dict.
+# batch_inputs(extra, batch) -> dict of extra [B]-leading batch entries, update(extra, metrics) -> dict.
 CONTROLLERS = {
     "mrt5": "hnet.models.mrt5:Controller",
 }
