@@ -41,8 +41,8 @@ def get_config():
   c.model.dtype = "bfloat16"
   c.data.layout = "words"
   c.data.seq_len = 16384          # bytes per row
-  c.data.max_words = 3500         # words per row (the published short-context length)
-  c.data.max_word_size = 100
+  c.data.words_per_row = 3500     # word slots per row (the published short-context length)
+  c.data.bytes_per_word = 100
   c.mesh.fsdp = 8
   c.mesh.data = -1
   c.train.batch_size = 256

@@ -38,8 +38,8 @@ def get_config():
   # data: word layout, static capacities
   c.data.layout = "words"
   c.data.seq_len = 256
-  c.data.max_words = 96          # words per row
-  c.data.max_word_size = 32
+  c.data.words_per_row = 96      # word slots per row (W)
+  c.data.bytes_per_word = 32     # bytes per word slot (Lw) = the splitter max_word_size
   c.train.batch_size = 32
   c.train.steps = 600
   c.train.lr = 3e-3

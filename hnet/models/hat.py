@@ -200,7 +200,8 @@ class HAT(nnx.Module):
     x = shard(self.embed(batch["inputs"]), ("batch", "length", "act_embed"))      # [B, Lb, De]
     for layer in self.encoder:
       x = layer(x, positions, segment_ids)
-    words = pool_stream(self.pooling, x, batch, num_words, self.max_word_len)    # [B, W, D]
+    word_len = batch["word_bytes"].shape[-1] if "word_bytes" in batch else self.max_word_len
+    words = pool_stream(self.pooling, x, batch, num_words, word_len)              # [B, W, D]
     word_segment_ids = batch["word_segment_ids"]
     h = words
     for layer in self.backbone:
