@@ -17,6 +17,11 @@ TOL = dict(rtol=1e-5, atol=1e-5)
 DIM, D_STATE, HEADDIM, CHUNK = 16, 8, 8, 8  # -> d_inner 32, 4 heads
 
 
+ssd_sequential = jax.jit(ssd.ssd_sequential, static_argnames="checkpoint_block")
+ssd_chunked = jax.jit(ssd.ssd_chunked, static_argnums=5)
+ssd_step = jax.jit(ssd.ssd_step)
+
+
 def ssd_inputs(key, batch=2, length=29, heads=4, headdim=3, groups=2, d_state=5):
   k = jax.random.split(key, 6)
   x = jax.random.normal(k[0], (batch, length, heads, headdim))
@@ -36,6 +41,16 @@ def packed_segments(batch, length, starts):
   return jnp.asarray(seg + 1)
 
 
+@nnx.jit
+def forward(block, x, segment_ids=None):
+  return block(x, None, segment_ids)
+
+
+@nnx.jit
+def decode(block, x, cache, index, valid=None):
+  return block.decode(x, cache, index, valid)
+
+
 def make_block(implementation="chunked", seed=0, **kw):
   return Mamba2Block(DIM, rngs=nnx.Rngs(seed), d_state=D_STATE, headdim=HEADDIM,
                      chunk_size=CHUNK, implementation=implementation, **kw)
@@ -44,16 +59,16 @@ def make_block(implementation="chunked", seed=0, **kw):
 # ------------------------------------------------------------------------ ssd math
 
 
-@pytest.mark.parametrize("with_reset", [False, True])
-@pytest.mark.parametrize("chunk_size", [1, 4, 8, 64])  # 29 % chunk != 0, and chunk > L
+# L = 29: not a multiple of the chunk; 64 > L; 1 is the degenerate chunk.
+@pytest.mark.parametrize("chunk_size,with_reset", [(1, True), (4, True), (8, False), (64, True)])
 def test_chunked_equals_sequential(with_reset, chunk_size):
   x, dt, A, B, C, h0 = ssd_inputs(jax.random.key(0))
   reset = (jax.random.uniform(jax.random.key(1), dt.shape[:2]) < 0.15) if with_reset else None
-  y_seq, s_seq = ssd.ssd_sequential(x, dt, A, B, C, initial_state=h0, reset=reset)
-  y_chk, s_chk = ssd.ssd_chunked(x, dt, A, B, C, chunk_size, initial_state=h0, reset=reset)
+  y_seq, s_seq = ssd_sequential(x, dt, A, B, C, initial_state=h0, reset=reset)
+  y_chk, s_chk = ssd_chunked(x, dt, A, B, C, chunk_size, initial_state=h0, reset=reset)
   np.testing.assert_allclose(y_chk, y_seq, **TOL)
   np.testing.assert_allclose(s_chk, s_seq, **TOL)
-  y_blk, s_blk = ssd.ssd_sequential(x, dt, A, B, C, initial_state=h0, reset=reset,
+  y_blk, s_blk = ssd_sequential(x, dt, A, B, C, initial_state=h0, reset=reset,
                                     checkpoint_block=6)
   np.testing.assert_allclose(y_blk, y_seq, **TOL)
   np.testing.assert_allclose(s_blk, s_seq, **TOL)
@@ -69,7 +84,7 @@ def test_chunked_gradients_equal_sequential():
     def f(*args):
       y, s = fn(*args)
       return jnp.sum(y * w) + jnp.sum(s * ws)
-    return jax.grad(f, argnums=tuple(range(6)))
+    return jax.jit(jax.grad(f, argnums=tuple(range(6))))
 
   grads_seq = loss(lambda x, dt, A, B, C, h0: ssd.ssd_sequential(
       x, dt, A, B, C, initial_state=h0, reset=reset))(x, dt, A, B, C, h0)
@@ -88,13 +103,13 @@ def test_chunked_gradients_equal_sequential():
 
 def test_step_equals_sequential_and_chunked_prefill_continues():
   x, dt, A, B, C, h0 = ssd_inputs(jax.random.key(6))
-  y_seq, s_seq = ssd.ssd_sequential(x, dt, A, B, C, initial_state=h0)
+  y_seq, s_seq = ssd_sequential(x, dt, A, B, C, initial_state=h0)
   # Chunked prefill of the first 13 positions, then recurrent steps.
-  y_pre, state = ssd.ssd_chunked(x[:, :13], dt[:, :13], A, B[:, :13], C[:, :13], 4,
+  y_pre, state = ssd_chunked(x[:, :13], dt[:, :13], A, B[:, :13], C[:, :13], 4,
                                  initial_state=h0)
   ys = [y_pre]
   for t in range(13, x.shape[1]):
-    y_t, state = ssd.ssd_step(state, x[:, t], dt[:, t], A, B[:, t], C[:, t])
+    y_t, state = ssd_step(state, x[:, t], dt[:, t], A, B[:, t], C[:, t])
     ys.append(y_t[:, None])
   np.testing.assert_allclose(jnp.concatenate(ys, 1), y_seq, **TOL)
   np.testing.assert_allclose(state, s_seq, **TOL)
@@ -103,7 +118,7 @@ def test_step_equals_sequential_and_chunked_prefill_continues():
 def test_reset_isolates_documents_in_ssd():
   x, dt, A, B, C, h0 = ssd_inputs(jax.random.key(7), length=20)
   reset = jnp.zeros(dt.shape[:2], bool).at[:, 11].set(True)
-  for fn in (ssd.ssd_sequential, lambda *a, **k: ssd.ssd_chunked(*a, 8, **k)):
+  for fn in (ssd_sequential, lambda *a, **k: ssd_chunked(*a, 8, **k)):
     y, s = fn(x, dt, A, B, C, initial_state=h0, reset=reset)
     y2, s2 = fn(x[:, 11:], dt[:, 11:], A, B[:, 11:], C[:, 11:])
     np.testing.assert_allclose(y[:, 11:], y2, **TOL)
@@ -150,15 +165,15 @@ def test_layer_chunked_equals_sequential_values_and_grads():
   chunked, sequential = make_block("chunked"), make_block("sequential")
   x = jax.random.normal(jax.random.key(0), (2, 21, DIM))  # 21 % CHUNK != 0
   seg = packed_segments(2, 21, [9, 17])
-  np.testing.assert_allclose(chunked(x, None, seg), sequential(x, None, seg), **TOL)
+  np.testing.assert_allclose(forward(chunked, x, seg), forward(sequential, x, seg), **TOL)
 
   w = jax.random.normal(jax.random.key(1), x.shape)
 
   def loss(block, x):
     return jnp.sum(block(x, None, seg) * w)
 
-  g_chk = nnx.grad(loss, argnums=(0, 1))(chunked, x)
-  g_seq = nnx.grad(loss, argnums=(0, 1))(sequential, x)
+  grad = nnx.jit(nnx.grad(loss, argnums=(0, 1)))
+  g_chk, g_seq = grad(chunked, x), grad(sequential, x)
   np.testing.assert_allclose(g_chk[1], g_seq[1], **TOL)
   flat_chk = dict(nnx.to_flat_state(nnx.state(g_chk[0])))
   flat_seq = dict(nnx.to_flat_state(nnx.state(g_seq[0])))
@@ -175,13 +190,13 @@ def test_packed_document_equals_document_alone(implementation):
   block = make_block(implementation)
   x = jax.random.normal(jax.random.key(2), (2, 27, DIM))
   seg = packed_segments(2, 27, [10])
-  y = block(x, None, seg)
+  y = forward(block, x, seg)
   y_doc1 = block(x[:, :10], None, seg[:, :10])
   y_doc2 = block(x[:, 10:], None, jnp.ones((2, 17), jnp.int32))
   np.testing.assert_allclose(y[:, :10], y_doc1, **TOL)
   np.testing.assert_allclose(y[:, 10:], y_doc2, **TOL)
   # Without segment ids the documents do mix.
-  assert not np.allclose(block(x, None, None)[:, 10:], y_doc2, **TOL)
+  assert not np.allclose(forward(block, x, None)[:, 10:], y_doc2, **TOL)
 
 
 def test_conv_masks_other_documents():
@@ -197,7 +212,7 @@ def test_conv_masks_other_documents():
 def test_causality():
   block = make_block("chunked")
   x = jax.random.normal(jax.random.key(5), (1, 19, DIM))
-  jac = jax.jacrev(lambda x: block(x, None, None)[0])(x)  # [L, D, 1, L, D]
+  jac = nnx.jit(lambda block, x: jax.jacrev(lambda x: block(x)[0])(x))(block, x)  # [L, D, 1, L, D]
   jac = np.abs(np.asarray(jac)).sum(axis=(1, 2, 4))  # [L_out, L_in]
   assert np.all(jac[np.triu_indices(19, k=1)] == 0.0)
   assert np.all(np.diag(jac) > 0)
@@ -207,16 +222,15 @@ def test_causality():
 def test_decode_step_by_step_equals_forward(implementation):
   block = make_block(implementation)
   x = jax.random.normal(jax.random.key(6), (2, 13, DIM))
-  y_full = block(x, None, None)
+  y_full = forward(block, x, None)
   cache = block.init_cache(2, 13)
-  decode = nnx.jit(lambda block, x, cache, index: block.decode(x, cache, index))
   ys = []
   for t in range(13):
     y_t, cache = decode(block, x[:, t:t + 1], cache, t)
     ys.append(y_t)
   np.testing.assert_allclose(jnp.concatenate(ys, 1), y_full, **TOL)
   # T > 1 at once (prefill) equals the forward pass and leaves the same cache.
-  y_multi, cache_multi = block.decode(x, block.init_cache(2, 13), 0)
+  y_multi, cache_multi = decode(block, x, block.init_cache(2, 13), 0)
   np.testing.assert_allclose(y_multi, y_full, **TOL)
   for key in cache:
     np.testing.assert_allclose(cache_multi[key], cache[key], **TOL)
@@ -225,10 +239,11 @@ def test_decode_step_by_step_equals_forward(implementation):
 def test_chunked_prefill_then_decode_continues():
   block = make_block("chunked")
   x = jax.random.normal(jax.random.key(7), (2, 20, DIM))
-  y_full = block(x, None, None)
-  h_pre, cache = block.mixer(block.norm(x[:, :11]), None, return_state=True)
+  y_full = forward(block, x, None)
+  prefill = nnx.jit(lambda block, x: block.mixer(block.norm(x), None, return_state=True))
+  h_pre, cache = prefill(block, x[:, :11])
   np.testing.assert_allclose(x[:, :11] + h_pre, y_full[:, :11], **TOL)
-  y_rest, _ = block.decode(x[:, 11:], cache, 11)
+  y_rest, _ = decode(block, x[:, 11:], cache, 11)
   np.testing.assert_allclose(y_rest, y_full[:, 11:], **TOL)
 
 
@@ -236,12 +251,12 @@ def test_decode_valid_holds_rows_that_do_not_advance():
   block = make_block()
   x = jax.random.normal(jax.random.key(8), (2, 6, DIM))
   valid = jnp.ones((2, 6), bool).at[1, 2].set(False)  # row 1 skips its slot 2
-  y, cache = block.decode(x, block.init_cache(2, 6), 0, valid)
+  y, cache = decode(block, x, block.init_cache(2, 6), 0, valid)
   # Row 1 equals the forward pass over its inputs without position 2.
   x1 = jnp.concatenate([x[1:, :2], x[1:, 3:]], axis=1)
-  y1 = block(x1, None, None)
+  y1 = forward(block, x1, None)
   np.testing.assert_allclose(y[1:, 3:], y1[:, 2:], **TOL)
-  np.testing.assert_allclose(y[:1], block(x[:1], None, None), **TOL)
-  _, cache1 = block.decode(x1, block.init_cache(1, 6), 0)
+  np.testing.assert_allclose(y[:1], forward(block, x[:1], None), **TOL)
+  _, cache1 = decode(block, x1, block.init_cache(1, 6), 0)
   for key in cache:
     np.testing.assert_allclose(cache[key][1:], cache1[key], **TOL)
