@@ -49,8 +49,8 @@ family compiles once per row shape.
 """
 from __future__ import annotations
 
-import functools
 import math
+import weakref
 from typing import Callable, Sequence
 
 import jax
@@ -83,35 +83,45 @@ def _layout(config) -> str:
 
 # --------------------------------------------------------------------- jitted forward
 
-@functools.lru_cache(maxsize=8)
-def _target_logprob_fn(graphdef):
-  """params, batch -> log p(targets) [B, L] float32 (one compile per shape)."""
-  @jax.jit
-  def fn(params, batch):
-    logits = nnx.merge(graphdef, params)(batch).logits.astype(jnp.float32)
-    if logits.shape[:2] != batch["targets"].shape:
-      raise NotImplementedError(f"logits {logits.shape} are not aligned with targets "
-                                f"{batch['targets'].shape}")
-    logp = jax.nn.log_softmax(logits, axis=-1)
-    return jnp.take_along_axis(logp, batch["targets"][..., None], axis=-1)[..., 0]
-  return fn
+class _Forward:
+  """A model's parameters and its jitted scoring functions (compiled once per shape)."""
+
+  def __init__(self, model):
+    from hnet.train import token_losses  # pylint: disable=g-import-not-at-top
+    graphdef, params = nnx.split(model, nnx.Param)
+    self.params = nnx.to_pure_dict(params)
+
+    @jax.jit
+    def target_logprobs(params, batch):  # -> log p(targets) [B, L] float32
+      logits = nnx.merge(graphdef, params)(batch).logits.astype(jnp.float32)
+      if logits.shape[:2] != batch["targets"].shape:
+        raise NotImplementedError(
+            f"model family {model.__class__.__name__}: logits {logits.shape} are not "
+            f"aligned with the byte targets {batch['targets'].shape}")
+      logp = jax.nn.log_softmax(logits, axis=-1)
+      return jnp.take_along_axis(logp, batch["targets"][..., None], axis=-1)[..., 0]
+
+    @jax.jit
+    def nats_bytes(params, batch):  # -> summed nats, target bytes (hnet.train.token_losses)
+      nats, _, nbytes = token_losses(nnx.merge(graphdef, params)(batch), batch)
+      return nats, nbytes
+
+    self.target_logprobs, self.nats_bytes = target_logprobs, nats_bytes
 
 
-@functools.lru_cache(maxsize=8)
-def _token_loss_fn(graphdef):
-  """params, batch -> (summed nats, summed target bytes) as hnet.train.token_losses."""
-  from hnet.train import token_losses  # pylint: disable=g-import-not-at-top
-
-  @jax.jit
-  def fn(params, batch):
-    nats, _, nbytes = token_losses(nnx.merge(graphdef, params)(batch), batch)
-    return nats, nbytes
-  return fn
+_FORWARDS: dict[int, tuple[weakref.ref, _Forward]] = {}
 
 
-def _split(model):
-  graphdef, params = nnx.split(model, nnx.Param)
-  return graphdef, nnx.to_pure_dict(params)
+def _forward(model) -> _Forward:
+  """The cached _Forward of `model` (by identity, while the model lives)."""
+  entry = _FORWARDS.get(id(model))
+  if entry is not None and entry[0]() is model:
+    return entry[1]
+  for key in [k for k, (ref, _) in _FORWARDS.items() if ref() is None]:
+    del _FORWARDS[key]
+  forward = _Forward(model)
+  _FORWARDS[id(model)] = (weakref.ref(model), forward)
+  return forward
 
 
 def _batches(rows: Sequence[dict], batch_size: int):
@@ -126,12 +136,12 @@ def _batches(rows: Sequence[dict], batch_size: int):
 def _row_logprobs(model, rows: list[dict], masks: list[np.ndarray], batch_size: int,
                   progress: bool) -> np.ndarray:
   """Summed log p(target) under each row's mask -> [len(rows)] float64."""
-  graphdef, params = _split(model)
-  fn = _target_logprob_fn(graphdef)
+  forward = _forward(model)
   out = np.zeros(len(rows), np.float64)
   bar = tqdm(total=len(rows), desc="scoring", unit="row", leave=False, disable=not progress)
   for start, batch in _batches(rows, batch_size):
-    logp = np.asarray(jax.device_get(fn(params, batch)), np.float64)  # [B, L]
+    logp = np.asarray(jax.device_get(forward.target_logprobs(forward.params, batch)),
+                      np.float64)  # [B, L]
     for i in range(start, min(start + batch_size, len(rows))):
       out[i] = float(np.sum(logp[i - start] * masks[i]))
     bar.update(min(batch_size, len(rows) - start))
@@ -243,8 +253,12 @@ def make_logprob_fn(model, config, *, batch_size: int = 32, tokenizer=None,
       raise ValueError(f"{len(contexts)} contexts but {len(continuations)} continuations")
     contexts = [bytes(c) for c in contexts]
     continuations = [bytes(c) for c in continuations]
-    if not contexts:
-      return np.zeros(0, np.float64)
+    out = np.zeros(len(contexts), np.float64)  # an empty continuation has log p = 0
+    scored = [i for i, x in enumerate(continuations) if x]
+    if not scored:
+      return out
+    contexts = [contexts[i] for i in scored]
+    continuations = [continuations[i] for i in scored]
     if layout == "bpe":
       encoded = tokenizer.encode_batch(contexts + continuations)
       pairs = [_bpe_row(encoded[i], encoded[len(contexts) + i], seq_len)
@@ -254,7 +268,8 @@ def make_logprob_fn(model, config, *, batch_size: int = 32, tokenizer=None,
     else:
       pairs = [_stream_row(c, x, config) for c, x in zip(contexts, continuations)]
     rows, masks = [p[0] for p in pairs], [p[1] for p in pairs]
-    return _row_logprobs(model, rows, masks, batch_size, progress)
+    out[scored] = _row_logprobs(model, rows, masks, batch_size, progress)
+    return out
 
   return logprob_fn
 
@@ -280,12 +295,11 @@ def nats_and_bytes(model, config, documents: Sequence[bytes], *, batch_size: int
   rows = pipeline.LAYOUTS[layout](documents, config.data, seq_len=int(config.data.seq_len),
                                   seed=None)
   rows = [{k: np.asarray(v) for k, v in rows[i].items()} for i in range(len(rows))]
-  graphdef, params = _split(model)
-  fn = _token_loss_fn(graphdef)
+  forward = _forward(model)
   nats, nbytes = 0.0, 0.0
   bar = tqdm(total=len(rows), desc="bpb", unit="row", leave=False, disable=not progress)
   for start, batch in _batches(rows, batch_size):
-    batch_nats, batch_bytes = jax.device_get(fn(params, batch))
+    batch_nats, batch_bytes = jax.device_get(forward.nats_bytes(forward.params, batch))
     nats, nbytes = nats + float(batch_nats), nbytes + float(batch_bytes)
     bar.update(min(batch_size, len(rows) - start))
   bar.close()
