@@ -94,9 +94,10 @@ def test_chunked_gradients_equal_sequential():
       x, dt, A, B, C, initial_state=h0, reset=reset, checkpoint_block=5))(x, dt, A, B, C, h0)
   for name, g_seq, g_chk, g_blk in zip("x dt A B C h0".split(), grads_seq, grads_chk, grads_blk):
     assert np.all(np.isfinite(g_chk)), name
-    # The gradient wrt A sums ~L*B*P terms of both signs whose order differs between
-    # the forms; scale the absolute tolerance by its largest term, not by the total.
-    atol = 1e-5 * (float(np.abs(g_seq).max()) if name != "A" else 30.0)
+    # Each gradient entry sums O(L) terms of both signs (O(B*L*P) for A) whose order
+    # differs between the forms; an entry that nearly cancels keeps the absolute error
+    # of the others, so atol is 1e-5 of the largest entry (observed max error ~2e-7 of it).
+    atol = 1e-5 * float(np.abs(g_seq).max())
     np.testing.assert_allclose(g_chk, g_seq, rtol=1e-5, atol=atol, err_msg=name)
     np.testing.assert_allclose(g_blk, g_seq, rtol=1e-5, atol=atol, err_msg=name)
 

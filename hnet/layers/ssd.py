@@ -159,6 +159,7 @@ def ssd_chunked(x: jax.Array, dt: jax.Array, A: jax.Array, B: jax.Array, C: jax.
   Bsz, L, H, P = x.shape
   G, N = B.shape[-2:]
   T = chunk_size
+  out_dtype = x.dtype
   pad = -L % T
   K = (L + pad) // T
   f32 = jnp.float32
@@ -202,7 +203,7 @@ def ssd_chunked(x: jax.Array, dt: jax.Array, A: jax.Array, B: jax.Array, C: jax.
   y = y + jnp.einsum("bkign,bkghpn,bkigh->bkighp", C, incoming, from_start)
 
   y = y.reshape(Bsz, K * T, H, P)[:, :L]
-  return y, final_state.reshape(Bsz, H, P, N)
+  return y.astype(out_dtype), final_state.reshape(Bsz, H, P, N)
 
 
 # ------------------------------------------------------------------------ benchmark
