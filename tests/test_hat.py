@@ -52,6 +52,7 @@ def test_cached_generation_matches_forward(window):
   testing.assert_word_cached_generation_matches(tiny_config(window=window), docs, 30, 20, WORD_LEN)
 
 
+@pytest.mark.slow
 def test_sharded_matches_single_device():
   rows = [[DOCS[i % 2][:12 + i], b"zz top"] for i in range(8)]
   batch = testing.word_layout_batch(rows, 24, 14, WORD_LEN)
@@ -87,11 +88,23 @@ def test_metrics_exact_match():
   np.testing.assert_allclose(float(word_metrics(wrong, batch, 10)["rare_word_accuracy"]), 0.0)
 
 
+@pytest.mark.slow
 def test_overfit():
   rows = [[DOCS[0]], [DOCS[1]], [b"one two three four five"], [b"six seven eight"]]
   batch = testing.word_layout_batch(rows, 32, 16, WORD_LEN)
   losses = testing.overfit_losses(tiny_config(), batch, steps=40)
   assert losses[-1] < 0.5 * losses[0], losses
+
+
+def test_runs_on_words_rows():
+  """Rows of hnet/data/words.py (whole words per row, documents continuing across rows)."""
+  from hnet.data.words import WordRows
+  docs = [b"The cat sat on the mat.", b"Zebras zigzag", b"a b c d e f g"]
+  rows = WordRows(docs, seq_len=24, words_per_row=10, bytes_per_word=WORD_LEN)
+  batch = {k: np.stack([rows[i][k] for i in range(len(rows))]) for k in rows[0]}
+  out = build_model(tiny_config().model, nnx.Rngs(0))(batch)
+  assert out.logits.shape == batch["targets"].shape + (264,)
+  assert np.isfinite(np.asarray(out.logits)).all()
 
 
 def test_7b_shapes():
@@ -104,3 +117,6 @@ def test_7b_shapes():
   per_layer = 4096 * (4096 + 1024 + 1024 + 4096) + 3 * 4096 * 14336 + 2 * 4096
   assert backbone == 32 * per_layer
   assert 7.0e9 < n < 8.5e9, n
+  batch = testing.word_layout_batch([[b"Hello world, this is HAT."]], 32, 12, 100)
+  logits = jax.eval_shape(lambda b: build_model(cfg.model, nnx.Rngs(0))(b).logits, batch)
+  assert logits.shape == (1, 32, 264)

@@ -56,6 +56,7 @@ def test_every_byte_predicted_once_from_words_rows():
   assert 0.0 <= float(out.metrics["next_word_accuracy"]) <= 1.0
 
 
+@pytest.mark.slow
 def test_sharded_matches_single_device():
   rows = [[DOCS[i % 2][:12 + i], b"zz top"] for i in range(8)]
   batch = testing.word_layout_batch(rows, 24, 14, WORD_LEN)
