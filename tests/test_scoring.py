@@ -191,3 +191,23 @@ def test_unsupported_layout_names_the_family(corpus):
     scoring.make_logprob_fn(None, config)
   with pytest.raises(NotImplementedError, match="unknown_layout"):
     scoring.bpb_on_documents(None, config, [b"abc"])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", ["hat", "lyt"])
+def test_word_layout_families_chain_rule_and_loop_bpb(corpus, family):
+  """HAT / Learn-Your-Tokens read through the "words" layout: the chain rule holds at a
+  word boundary (a causal byte model split across two documents), and bpb over the
+  held-out split equals the train loop's evaluation."""
+  import importlib
+  config = importlib.import_module(f"configs.{family}_tiny").get_config()
+  config.data.source, config.data.path, config.data.eval_fraction = "files", corpus, 0.25
+  config.data.seq_len, config.train.batch_size = 64, 8
+  fn = scoring.make_logprob_fn(fresh_model(config), config, batch_size=4)
+  a, b = CONTEXT[:44], CONTEXT[44:60]  # "...acknowledged, that" | " a single man in"
+  got = fn([b"", a, b""], [a, b, a + b])
+  np.testing.assert_allclose(got[0] + got[1], got[2], rtol=1e-5)
+  loop_bpb, model = _loop_eval_bpb(config)
+  documents = sources.load_documents(config.data, config.data.eval_split)
+  np.testing.assert_allclose(scoring.bpb_on_documents(model, config, documents, batch_size=8),
+                             loop_bpb, rtol=1e-5)

@@ -9,8 +9,9 @@
 #   STEPS     training steps for every model (default 600, the tiny configs' own budget)
 #   ROOT      run directories go to $ROOT/<name> (default runs/robust)
 #   OUT       report directory (default $ROOT/report)
-#   FAMILIES  names to run, from: transformer bpe hnet hat lyt mrt5 (default: all whose
-#             config file exists: configs/{transformer,bpe,hnet_1stage,hat,lyt,mrt5}_tiny.py)
+#   FAMILIES  names to run, from: transformer bpe hnet hat lyt byte2word mrt5 (default: all
+#             whose config exists: configs/{transformer,bpe,hnet_1stage,hat,lyt,byte2word,
+#             mrt5}_tiny.py)
 #   FRESH=1   delete $ROOT/<name> before training (default: resume / reuse a finished run)
 #   PYTHON    interpreter (default: .venv/bin/python if present, else python)
 # Extra arguments go to tools/robustness.py (e.g. --levels=0.05,0.1 --hellaswag=x.jsonl).
@@ -31,9 +32,10 @@ declare -A CONFIG=(
   [hnet]=configs/hnet_1stage_tiny.py
   [hat]=configs/hat_tiny.py
   [lyt]=configs/lyt_tiny.py
+  [byte2word]=configs/byte2word_tiny.py
   [mrt5]=configs/mrt5_tiny.py
 )
-ORDER=(transformer bpe hnet hat lyt mrt5)
+ORDER=(transformer bpe hnet hat lyt byte2word mrt5)
 FAMILIES="${FAMILIES:-${ORDER[*]}}"
 
 workdirs=() names=()
