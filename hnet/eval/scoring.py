@@ -8,8 +8,8 @@
 `model` is what hnet.runs.load_model returns (an nnx.Module on one device) and `config`
 its run config. How a family is read depends on its data layout (config.data.layout):
 
-* "bytes" (transformer, hnet) and "words" (hat; any family whose logits [B, L, V] are
-  aligned with the layout's byte `targets`): the pair becomes ONE document
+* "bytes" (transformer, hnet) and "words" (hat, lyt, byte2word; any family whose logits
+  [B, L, V] are aligned with the layout's byte `targets`): the pair becomes ONE document
   context + continuation, laid out by the family's own layout
   (hnet.data.pipeline.LAYOUTS) with config.data.seq_len and seed None, exactly as the
   eval split is laid out in training. In both layouts `positions[t]` is the stream index
@@ -32,7 +32,8 @@ its run config. How a family is read depends on its data layout (config.data.lay
   context is the single id EOS, an empty encoder input), the decoder predicts the
   continuation teacher-forced (BOS + continuation[:-1] -> continuation), which must fit
   data.decoder_seq_len. A model trained only on span corruption is a poor prefix LM:
-  that is what its numbers then say.
+  that is what its numbers then say. The forward is the model's training forward
+  (soft deletion), as the train loop's evaluation; not encode_hard.
 
 Any other layout raises NotImplementedError naming the family; so does a model whose
 logits are not aligned with its byte targets (e.g. a word-level prediction head).
