@@ -47,7 +47,7 @@ def test_words_layout_invariants(documents, sizes):
     # static shapes and dtypes
     assert set(row) == set(wl.WORDS_LAYOUT_KEYS)
     for key, value in row.items():
-      per_byte = key in wl.WORDS_LAYOUT_KEYS[:7]
+      per_byte = key in wl._PER_BYTE_KEYS
       shape = {"word_bytes": (w_slots, lw), "next_word_bytes": (w_slots, lw)}.get(
           key, (seq_len,) if per_byte else (w_slots,))
       assert value.shape == shape, key
@@ -158,3 +158,74 @@ def test_pipeline_registers_words_layout():
   first = dataset[0]
   assert first["word_bytes"].shape == (5, 8) and first["inputs"].shape == (16,)
   assert len(dataset) == len(_rows([b"hello world", b"abc"], 16, 5, 8))
+
+
+def _reference_open(documents, lw):
+  """open_word_index of testing.word_layout_batch for the documents in one row."""
+  from hnet import testing
+  ref = testing.word_layout_batch([documents], 4096, 1024, lw)
+  n = int((ref["segment_ids"][0] > 0).sum())
+  return ref["open_word_index"][0, :n], ref["word_index"][0, :n]
+
+
+def _single_row(documents, lw):
+  rows = _rows(documents, 4096, 1024, lw)
+  assert len(rows) == 1
+  return rows[0]
+
+
+TRICKY = [b"xy HTTPSe", b"HTTPServer ok", "ÉCOLENormale".encode(), "ABÑa".encode(),
+          b"ab\xe4\xb8", "ab中文x".encode(), b"ab\xe4\xb8x \xff\xc3", "漢字かなカタカナ한국어".encode(),
+          b"camelCaseWordsHTTPServerX", "😀 é ß AAß".encode(), b"IBMs USAToday aB",
+          "ÀÉÎÕÜ" .encode() * 3 + b"ab"]
+
+
+@pytest.mark.parametrize("lw", [4, 5, 8, 32])
+def test_open_word_index_matches_reference_on_tricky_documents(lw):
+  row = _single_row(TRICKY, lw)
+  expected, word_index = _reference_open(TRICKY, lw)
+  n = len(expected)
+  np.testing.assert_array_equal(row["word_index"][:n], word_index)
+  np.testing.assert_array_equal(row["open_word_index"][:n], expected)
+  assert (row["open_word_index"] <= row["word_index"]).all()
+  assert (row["open_word_index"][row["segment_ids"] == 0] == 1024).all()  # padding: W
+
+
+def test_open_word_index_late_boundaries():
+  row = _single_row([b"xy HTTPSe", "ab中".encode()], 8)
+  # BOS "xy" " HTTP" "Se" EOS BOS "ab" "中" EOS: the "S" reads as part of " HTTP"'s word,
+  # the first two bytes of "中" as part of "ab"
+  assert list(row["word_index"][:18]) == [0, 1, 1, 2, 2, 2, 2, 2, 3, 3, 4, 5, 6, 6, 7, 7, 7, 8]
+  assert list(row["open_word_index"][:18]) == [0, 1, 1, 2, 2, 2, 2, 2, 2, 3, 4, 5, 6, 6, 6, 6,
+                                               7, 8]
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.one_of(st.binary(min_size=1, max_size=20), st.lists(st.sampled_from(
+    ALPHABET + ["HTTP", "S", "e", "É", "Ñ", "AB"]), min_size=1,
+    max_size=10).map(lambda x: "".join(x).encode())), min_size=1, max_size=4),
+       st.integers(4, 10))
+def test_open_word_index_matches_reference_random(documents, lw):
+  row = _single_row(documents, lw)
+  expected, _ = _reference_open(documents, lw)
+  np.testing.assert_array_equal(row["open_word_index"][:len(expected)], expected)
+  assert (row["open_word_index"] <= row["word_index"]).all()
+
+
+def test_open_word_index_equals_word_index_on_plain_english():
+  text = (b"The quick brown fox jumps over the lazy dog. It was the best of times, it was "
+          b"the worst of times; Hello World! camelCase is fine, and so is x86.") * 20
+  rows = _rows([text, b"Another document, Plain English.\n\nNew paragraph."], 256, 64, 16)
+  for row in rows:
+    np.testing.assert_array_equal(row["open_word_index"], row["word_index"])
+
+
+def test_open_word_index_clamped_in_continued_rows():
+  # the row break falls after "HTTP": "S" of "HTTPSe" opens in the previous row -> slot 0
+  rows = _rows([b"HTTPSe"], seq_len=6, words_per_row=3, bytes_per_word=4)
+  assert len(rows) == 2 and list(rows[1]["inputs"][:2]) == list(b"Se")
+  second = rows[1]
+  assert second["open_word_index"][0] == 0 and second["word_index"][0] == 0
+  for row in rows:
+    assert (row["open_word_index"] <= row["word_index"]).all()
+    assert (row["open_word_index"] >= 0).all()

@@ -26,6 +26,18 @@ Per row (int32 unless noted):
   word_index    [Lb]  the slot 0..W-1 of the word the input belongs to; W for padding
                       (out of range on purpose: segment_sum(num_segments=W) drops it).
   byte_in_word  [Lb]  position of the input inside its word (0 = first byte); 0 on pads.
+  open_word_index [Lb]  the slot of the word that is *open* after reading inputs[:t+1]
+                      of the input's document, i.e. the last word of
+                      splitter.split(doc[:t+1]) (splitter.WordStream's open word): what a
+                      causal model may use at t. Equals word_index except where the
+                      splitter places a boundary late (splitter property P3): after
+                      "HTTPS" of "HTTPSe" ("HTTP", "Se") the open word is the one starting
+                      at "H", so the "S" gets the slot of "HTTP"; the first bytes of a
+                      multi-byte character belong to the word before it until the
+                      character completes (e.g. "ab中": b"\xe4", b"\xb8" -> slot of "ab").
+                      Never exceeds word_index. If the open word started in a previous row
+                      (a document continuing across rows) it is clamped to slot 0. W for
+                      padding (as word_index). BOS / EOS: their own slot.
   word_segment_ids [W]  segment id (as above) of each word slot, 0 for empty slots.
   word_positions   [W]  index of the word in its document (BOS word = 0), continued
                         across rows.
@@ -58,10 +70,11 @@ from hnet import bytes as hbytes
 from hnet.text import splitter
 
 WORDS_LAYOUT_KEYS = ("inputs", "targets", "segment_ids", "positions", "loss_mask",
-                     "word_index", "byte_in_word", "word_segment_ids", "word_positions",
-                     "word_mask", "word_lengths", "word_starts", "word_bytes",
-                     "next_word_bytes", "next_word_mask")
+                     "word_index", "byte_in_word", "open_word_index", "word_segment_ids",
+                     "word_positions", "word_mask", "word_lengths", "word_starts",
+                     "word_bytes", "next_word_bytes", "next_word_mask")
 _FLOAT_KEYS = ("loss_mask", "word_mask", "next_word_mask")
+_PER_BYTE_KEYS = WORDS_LAYOUT_KEYS[:8]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -100,12 +113,29 @@ class WordRows:
       raise ValueError(f"words_per_row must be >= 1, got {words_per_row}")
     self.seq_len, self.words_per_row, self.bytes_per_word = seq_len, words_per_row, bytes_per_word
     chunks, lengths, doc_of_word, empty, num_bytes = [], [], [], 0, 0
+    not_raw_start, invalid_docs = [], []   # cap pieces after a raw word's first; bad UTF-8
     for doc in documents:
       doc = bytes(doc)
       if not doc:
         empty += 1
         continue
-      word_lengths = [1] + [len(w) for w in splitter.split(doc, bytes_per_word)] + [1]
+      # == splitter.split(doc, bytes_per_word), keeping which pieces start a raw word
+      raw = splitter._raw_words(doc)
+      if max(map(len, raw)) > bytes_per_word:
+        word_lengths = [1]
+        for w in raw:
+          pieces = splitter._cap(w, bytes_per_word)
+          first_piece = len(lengths) + len(word_lengths)
+          not_raw_start.extend(range(first_piece + 1, first_piece + len(pieces)))
+          word_lengths += [len(p) for p in pieces]
+        word_lengths.append(1)
+      else:
+        word_lengths = [1] + [len(w) for w in raw] + [1]
+      if not doc.isascii():
+        try:
+          doc.decode("utf-8")
+        except UnicodeDecodeError:
+          invalid_docs.append(len(chunks))
       doc_index = len(chunks)
       chunks.append(doc)
       lengths.extend(word_lengths)
@@ -125,6 +155,102 @@ class WordRows:
     first_word = np.concatenate([[0], np.flatnonzero(np.diff(self._word_doc)) + 1])
     self._doc_first_word = first_word.astype(np.int64)                         # [D]
     self._row_start, self._row_reason = self._assign_rows()
+    self._late_pos, self._late_delta = self._late_boundaries(
+        chunks, set(not_raw_start), np.asarray(invalid_docs, np.int64))
+
+  def _late_boundaries(self, docs: list[bytes], not_raw_start: set[int],
+                       invalid_docs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """-> (stream positions t, sorted, where open_word_index < word_index; the gap).
+
+    open(t) = the last word of split(doc[:k]), k = t's byte offset in its document + 1.
+    By splitter P1/P3 it is t's own word unless a final boundary lies inside the last
+    character of doc[:k] (or its incomplete tail), which happens only (a) while a
+    multi-byte character is incomplete, (b) at ACRONYMWord: a capital starting a word,
+    after a capital, followed by an ASCII lowercase letter. Valid UTF-8 documents: (b) by a
+    local split, (a) in closed form (below). Documents with invalid UTF-8: a local split
+    after every boundary that starts with a non-ASCII byte or with a capital after a
+    capital / non-ASCII byte. Work ~ non-ASCII bytes + candidates, numpy-vectorised."""
+    ids, word_start, lw = self._ids, self._word_start, self.bytes_per_word
+    T = len(ids)
+    if T == 0:
+      return np.zeros([0], np.int64), np.zeros([0], np.int64)
+    word_doc = self._word_doc
+    doc_bos = word_start[self._doc_first_word]                                 # [D]
+    invalid = np.zeros([len(docs)], bool)
+    invalid[invalid_docs] = True
+    ids_ext = np.concatenate([ids, [hbytes.PAD_ID]]).astype(np.int32)          # [T+1]
+
+    def word_of(pos):
+      return np.searchsorted(word_start, pos, side="right") - 1
+
+    def local_open(d: int, k: int) -> int:
+      """Global index of the last word of split(doc[:k]). The raw word containing byte
+      k-5 starts at or before the raw open word of doc[:k] (P3: the open word less its
+      last character, <= 4 bytes, is a prefix of a final word) and every raw word before
+      that is final (P1), so only the text from its start needs splitting."""
+      bos = int(doc_bos[d])
+      j = int(word_of(bos + 1 + max(0, k - 5)))
+      while j in not_raw_start:
+        j -= 1
+      a = int(word_start[j]) - bos - 1
+      return j + len(splitter.split(docs[d][a:k], lw)) - 1
+
+    late: dict[int, int] = {}   # stream position -> its open word (global word index)
+    # (b) ACRONYMWord candidates: the last byte of a word's first character
+    starts = word_start[:-1]
+    first, before = ids_ext[starts], ids_ext[np.maximum(starts - 1, 0)]
+    char_len = np.where(first < 0x80, 1, np.where(first < 0xE0, 2, np.where(first < 0xF0, 3, 4)))
+    after = ids_ext[np.minimum(starts + char_len, T)]
+    capital = ((first >= 65) & (first <= 90)) | ((first >= 0xC0) & (first < 256))
+    capital_before = ((before >= 65) & (before <= 90)) | ((before >= 0x80) & (before < 256))
+    cand = capital & capital_before & (after >= 97) & (after <= 122)
+    for w in np.flatnonzero(cand).tolist():
+      d = int(word_doc[w])
+      if not invalid[d]:
+        t = int(starts[w] + char_len[w] - 1)
+        value = local_open(d, t - int(doc_bos[d]))
+        if value < w:
+          late[t] = value
+    # (a) non-last bytes t of a multi-byte character (the next byte is a continuation):
+    # doc[:t+1] ends with an incomplete tail, so (valid UTF-8) split(doc[:t+1]) is
+    # split(doc[:c]), c = the character's start, with the tail appended to its last word:
+    # the open word after byte c-1, unless that word would exceed Lw (then split locally).
+    tail_pos, tail_open = np.zeros([0], np.int64), np.zeros([0], np.int64)
+    nxt = ids_ext[1:]
+    tail = np.flatnonzero((nxt >= 0x80) & (nxt < 0xC0) & (ids_ext[:-1] < 256))
+    if len(tail):
+      back = np.where(ids_ext[tail] >= 0xC0, 0, np.where(ids_ext[tail - 1] >= 0xC0, 1, 2))
+      c = tail - back
+      tail_word = word_of(tail)
+      keep = (ids_ext[c - 1] < 256) & ~invalid[word_doc[tail_word]]   # c = doc start: same
+      tail, c, tail_word = tail[keep], c[keep], tail_word[keep]
+      prev_open = word_of(c - 1)
+      if late:
+        acronym = np.fromiter(late, np.int64, len(late))
+        for i in np.flatnonzero(np.isin(c - 1, acronym)).tolist():
+          prev_open[i] = late[int(c[i] - 1)]
+      for i in np.flatnonzero(tail + 1 - word_start[prev_open] > lw).tolist():
+        d = int(word_doc[tail_word[i]])
+        prev_open[i] = local_open(d, int(tail[i] - doc_bos[d]))
+      moved = prev_open < tail_word
+      tail_pos, tail_open = tail[moved], prev_open[moved]
+    # documents with invalid UTF-8
+    for d in invalid_docs.tolist():
+      bos, doc = int(doc_bos[d]), docs[d]
+      end_word = self._doc_first_word[d + 1] if d + 1 < len(docs) else len(self._word_len)
+      for w in range(int(self._doc_first_word[d]) + 2, int(end_word) - 1):
+        s = int(word_start[w]) - bos - 1
+        x, y = doc[s], doc[s - 1]
+        if x >= 0x80 or (65 <= x <= 90 and (65 <= y <= 90 or y >= 0x80)):
+          for k in range(s + 1, min(s + 4, len(doc)) + 1):
+            value = local_open(d, k)
+            if value < int(word_of(bos + k)):
+              late[bos + k] = value
+    pos = np.concatenate([tail_pos, np.fromiter(late, np.int64, len(late))])  # disjoint
+    open_word = np.concatenate([tail_open, np.fromiter(late.values(), np.int64, len(late))])
+    order = np.argsort(pos, kind="stable")
+    pos, open_word = pos[order], open_word[order]
+    return pos, word_of(pos) - open_word
 
   def _assign_rows(self) -> tuple[np.ndarray, np.ndarray]:
     """Greedy fill -> first word of each row [R+1], why each row closed [R]
@@ -172,7 +298,7 @@ class WordRows:
     segment = doc - doc[0] + 1                                                 # [w]
     doc_stream_start = self._word_start[self._doc_first_word[doc]]             # [w]
 
-    out = {k: np.zeros([lb], np.int32) for k in WORDS_LAYOUT_KEYS[:7]}
+    out = {k: np.zeros([lb], np.int32) for k in _PER_BYTE_KEYS}
     out["inputs"][:] = hbytes.PAD_ID
     out["targets"][:] = hbytes.PAD_ID
     out["inputs"][:row_len] = ids
@@ -184,6 +310,11 @@ class WordRows:
     out["word_index"][:] = w_slots
     out["word_index"][:row_len] = word_of_id
     out["byte_in_word"][:row_len] = stream_index - start[word_of_id]
+    open_word = word_of_id.astype(np.int64)
+    lo, hi = np.searchsorted(self._late_pos, [first_id, first_id + row_len])
+    open_word[self._late_pos[lo:hi] - first_id] -= self._late_delta[lo:hi]
+    out["open_word_index"][:] = w_slots
+    out["open_word_index"][:row_len] = np.maximum(open_word, 0)  # opened in an earlier row
 
     def per_word(values, fill, dtype=np.int32):
       array = np.full([w_slots], fill, dtype)
