@@ -9,7 +9,12 @@ Sections:
             the compiled step), fraction of the matmul peak
   memory    compiled train step on 8 simulated devices: per-device parameter +
             optimizer bytes with fsdp=8 vs 1 device (ratio)
-Other families add sections in SECTIONS.
+  hnet      tiny H-Net train bytes/s vs a byte Transformer of the same width and depth;
+            routing + chunk + dechunk fwd+bwd at 8 x 2048 x 512 vs its two projections
+  ssd       Mamba-2 SSD scan: chunked vs sequential (fwd+bwd)
+  words     HAT / Learn Your Tokens train bytes/s vs the byte Transformer; splitter MB/s
+  generation  bytes/s at batch 1 and 16 (transformer, H-Net, HAT)
+  mrt5      encoder time with hard deletion vs soft deletion
 """
 import os
 import sys
@@ -30,7 +35,9 @@ from hnet.perf import compiled_flops, compiled_memory, measure_matmul_peak  # no
 from hnet.testing import packed_byte_batch  # noqa: E402
 from hnet.train import init_state, jit_train_step, make_setup  # noqa: E402
 
-flags.DEFINE_list("sections", ["peak", "baseline", "memory"], "sections to run")
+flags.DEFINE_list("sections", ["peak", "baseline", "memory", "hnet", "ssd", "words", "generation",
+                               "mrt5"], "sections to run")
+flags.DEFINE_string("mrt5_workdir", "runs/compare/mrt5_tiny", "trained MrT5 run for the mrt5 section")
 flags.DEFINE_string("config", "configs/transformer_tiny.py", "baseline config file")
 flags.DEFINE_integer("steps", 10, "timed steps per measurement")
 flags.DEFINE_string("json", "", "also write the results to this file")
@@ -110,7 +117,128 @@ def section_memory(results):
   return out
 
 
-SECTIONS = {"peak": section_peak, "baseline": section_baseline, "memory": section_memory}
+def relative_throughput(config_path: str, reference, overrides=None) -> dict:
+  """bytes/s of a config's train step and its ratio to `reference` (a time_train_step dict)."""
+  config = load_config(config_path)
+  for key, value in (overrides or {}).items():
+    section, field = key.split(".")
+    config[section][field] = value
+  batch = real_batch(config)
+  r = time_train_step(config, batch, FLAGS.steps)
+  return {"bytes_per_s": r["bytes_per_s"], "ratio": r["bytes_per_s"] / reference["bytes_per_s"],
+          "model_flops_per_s": r["model_flops_per_s"]}
+
+
+def real_batch(config):
+  """One train batch of the config's own layout from the embedded corpus."""
+  from hnet import loop
+  config.mesh.data = 1
+  return next(iter(loop.data_iterator(config, config.data.train_split, repeat=True)))
+
+
+def section_hnet(results):
+  """H-Net tiny vs a byte Transformer of the same outer width and total depth."""
+  from hnet import kernels
+  hnet_config = load_config("configs/hnet_1stage_tiny.py")
+  transformer = load_config("configs/transformer_tiny.py")
+  transformer.model.dim, transformer.model.num_layers = 128, 6
+  transformer.data.seq_len, transformer.train.batch_size = hnet_config.data.seq_len, hnet_config.train.batch_size
+  reference = time_train_step(transformer, real_batch(transformer), FLAGS.steps)
+  hnet = relative_throughput("configs/hnet_1stage_tiny.py", reference)
+  routing = kernels.benchmark_routing(8, 2048, 512, "jnp", iters=3)
+  results["hnet"] = {"reference": reference, "hnet": hnet, "routing": routing}
+  return {"hnet_train_bytes_per_s": hnet["bytes_per_s"],
+          "hnet_vs_transformer_same_width_depth": hnet["ratio"],
+          "routing_path_fwd_bwd_s_8x2048x512": routing["path_s"],
+          "routing_floor_s_two_projections": routing["floor_s"],
+          "routing_path_over_floor": routing["ratio"]}
+
+
+def section_ssd(results):
+  from hnet.layers.ssd import benchmark_ssd
+  r = benchmark_ssd(8, 1024, 256, repeats=2)
+  results["ssd"] = r
+  return {"ssd_chunked_s_8x1024x256": r["chunked_s"], "ssd_sequential_s": r["sequential_s"],
+          "ssd_chunked_speedup": r["speedup"]}
+
+
+def section_words(results):
+  """HAT / Learn Your Tokens training bytes/s relative to the byte Transformer, and the splitter."""
+  from hnet.data import corpus
+  from hnet.text.splitter import splitter_throughput
+  transformer = load_config("configs/transformer_tiny.py")
+  reference = time_train_step(transformer, real_batch(transformer), FLAGS.steps)
+  out = {}
+  for name in ("hat_tiny", "lyt_tiny"):
+    r = relative_throughput(f"configs/{name}.py", reference)
+    out[f"{name}_train_bytes_per_s"] = r["bytes_per_s"]
+    out[f"{name}_vs_transformer_tiny"] = r["ratio"]
+  text = b"".join(corpus.embedded_documents("train"))[:4_000_000]
+  split = splitter_throughput(text)
+  out["splitter_mb_per_s_one_core"] = split["mb_per_s"]
+  out["splitter_bytes_per_word"] = split["bytes_per_word"]
+  results["words"] = out
+  return out
+
+
+def _timed(fn):
+  fn()  # compile
+  start = time.perf_counter()
+  fn()
+  return time.perf_counter() - start
+
+
+def section_generation(results):
+  """Generation bytes/s (compilation excluded) at batch 1 and 16, fresh tiny models."""
+  from flax import nnx
+  from hnet.generate import generate
+  from hnet.models import build_model
+  from hnet.models import hat as hat_lib
+  out, new_bytes = {}, 128
+  for name in ("transformer_tiny", "hnet_1stage_tiny", "hat_tiny"):
+    config = load_config(f"configs/{name}.py")
+    model = build_model(config.model, nnx.Rngs(0))
+    sample = hat_lib.generate if config.model.name == "hat" else generate
+    for batch in (1, 16):
+      prompts = [b"ROMEO. But soft, what light"] * batch
+      seconds = _timed(lambda: sample(model, prompts, max_new_bytes=new_bytes, temperature=1.0))
+      out[f"{name}_generate_bytes_per_s_batch{batch}"] = batch * new_bytes / seconds
+  results["generation"] = out
+  return out
+
+
+def section_mrt5(results):
+  """MrT5 encoder time with hard deletion vs soft deletion (same model, same batch)."""
+  from flax import nnx
+  from hnet.models import build_model
+  from hnet.models import mrt5 as mrt5_lib
+  workdir = FLAGS.mrt5_workdir
+  if workdir and os.path.isdir(os.path.join(workdir, "checkpoints")):
+    from hnet.runs import load_model
+    model, config, _ = load_model(workdir)
+    source = f"trained run {workdir}"
+  else:
+    config = load_config("configs/mrt5_tiny.py")
+    model = build_model(config.model, nnx.Rngs(0))
+    source = "fresh init (nothing deleted): pass --mrt5_workdir for a trained gate"
+  config.data.seq_len, config.train.batch_size = 1024, 32
+  batch = {k: jax.numpy.asarray(v) for k, v in real_batch(config).items()}
+  front = mrt5_lib._jit_encode_front(model, batch)  # pylint: disable=protected-access
+  soft = _timed(lambda: jax.block_until_ready(mrt5_lib._jit_encode_back(model, front, None)))
+  hard = _timed(lambda: jax.block_until_ready(mrt5_lib.encode_hard(model, batch)))
+  front_s = _timed(lambda: jax.block_until_ready(mrt5_lib._jit_encode_front(model, batch)))
+  real = np.asarray(front["segment_ids"]) > 0
+  deleted = float(np.sum(real & (np.asarray(front["gate"]) < model.gate_k / 2)) / np.sum(real))
+  out = {"mrt5_deleted_fraction": deleted, "mrt5_encoder_soft_s": front_s + soft,
+         "mrt5_encoder_hard_s": hard, "mrt5_encoder_speedup": (front_s + soft) / hard}
+  results["mrt5"] = {**out, "source": source}
+  print(f"[bench] mrt5 model: {source}")
+  return out
+
+
+SECTIONS = {"peak": section_peak, "baseline": section_baseline, "memory": section_memory,
+            "hnet": section_hnet, "ssd": section_ssd, "words": section_words,
+            "generation": section_generation, "mrt5": section_mrt5}
 
 
 def main(argv):
