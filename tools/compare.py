@@ -71,7 +71,16 @@ def main(argv):
     config.train.eval_every = 0
     config.checkpoint.every = steps
     print(f"[compare] {name}: {flops:.3g} FLOPs/step -> {steps} steps", flush=True)
-    summary = loop.run(config, os.path.join(FLAGS.out, name))
+    summary_path = os.path.join(FLAGS.out, name, "summary.json")
+    if os.path.exists(summary_path):  # finished earlier with this budget: reuse, do not retrain
+      with open(summary_path) as f:
+        summary = json.load(f)
+      if summary.get("step") != steps or "eval" not in summary:
+        raise SystemExit(f"{summary_path} is from another budget ({summary.get('step')} steps, "
+                         f"now {steps}); delete {os.path.dirname(summary_path)} to retrain.")
+      print(f"[compare] {name}: reusing the finished run in {os.path.dirname(summary_path)}")
+    else:
+      summary = loop.run(config, os.path.join(FLAGS.out, name))
     rows.append({"name": name, "config": path, "steps": steps, "step_flops": flops,
                  "train_flops": flops * steps, "train_seconds": summary["train_seconds"],
                  **{k: v for k, v in summary["eval"].items()}})
