@@ -18,6 +18,7 @@ def tiny_config(name="lyt", **model):
   m.byte_dim, m.pooling_layers, m.pooling_heads = 16, 1, 2
   m.dim, m.num_layers, m.num_heads, m.num_kv_heads, m.mlp_dim = 32, 2, 4, 2, 64
   m.decoder_layers, m.decoder_heads, m.decoder_mlp_dim = 2, 2, 32
+  m.max_word_len = WORD_LEN
   m.update(model)
   c.train.steps, c.train.warmup_steps, c.train.lr = 40, 2, 1e-2
   return c
@@ -54,6 +55,37 @@ def test_every_byte_predicted_once_from_words_rows():
   assert np.isfinite(np.asarray(out.logits)).all()
   assert batch["loss_mask"].sum() == sum(len(d) + 1 for d in docs)
   assert 0.0 <= float(out.metrics["next_word_accuracy"]) <= 1.0
+
+
+def test_late_boundary_uses_open_word():
+  """'HTTPS' + 'e' moves the boundary before 'S' (splitter P3): the logits at 'S' must
+  not depend on the 'e' that follows it (the 'S' is decoded inside the open word)."""
+  model = build_model(tiny_config().model, nnx.Rngs(0))
+  forward = nnx.jit(lambda m, b: m(b).logits)
+  a = testing.word_layout_batch([[b"xy HTTPSe"]], 10, 6, WORD_LEN)
+  b = testing.word_layout_batch([[b"xy HTTPS."]], 10, 6, WORD_LEN)
+  assert a["word_index"][0, 8] != b["word_index"][0, 8]       # 'S' starts "Se" only in a
+  np.testing.assert_allclose(np.asarray(forward(model, a))[:, :9],
+                             np.asarray(forward(model, b))[:, :9], atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("name", ["lyt", "byte2word"])
+def test_cached_generation_matches_forward(name):
+  """Rows finish words at different steps; late boundaries ("HTTPSe", an incomplete
+  multi-byte character, invalid bytes) re-read the new word's bytes with the new vector."""
+  docs = DOCS + [b"HTTPSe \xe4\xb8\xad\xe6x \xff camelCase", b"xy HTTPSe ab"]
+  testing.assert_word_cached_generation_matches(tiny_config(name), docs, 30, 20, WORD_LEN)
+
+
+def test_generate_rows_match_alone():
+  """Batched greedy generation with prompts of different lengths == each prompt alone."""
+  from hnet.models.word_pooled import generate
+  model = build_model(tiny_config().model, nnx.Rngs(0))
+  prompts = [b"Hello wor", b"ab"]
+  both = generate(model, prompts, max_new_bytes=10, temperature=0)
+  alone = [generate(model, [p], max_new_bytes=10, temperature=0)[0] for p in prompts]
+  assert both == alone, (both, alone)
+  assert all(len(x) > 0 for x in both)
 
 
 @pytest.mark.slow
