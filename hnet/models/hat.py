@@ -154,6 +154,20 @@ def block_decode_rows(block: TransformerBlock, x: jax.Array, cache: dict[str, ja
   return x + block.mlp(block.mlp_norm(x)), {"k": k_all, "v": v_all}
 
 
+def backbone_advance(backbone, word_vector: jax.Array, cache: dict[str, Any],
+                     active: jax.Array) -> dict[str, Any]:
+  """Runs the word backbone on one new word per row (word_vector [B, 1, D]) and commits
+  the KV caches, the predicting vector `pred` and `num_words` only where `active` [B]."""
+  h = word_vector
+  new_backbone = []
+  for layer, layer_cache in zip(backbone, cache["backbone"]):
+    h, layer_cache = block_decode_rows(layer, h, layer_cache, cache["num_words"], active)
+    new_backbone.append(layer_cache)
+  pred = jnp.where(active[:, None], h[:, 0].astype(jnp.float32), cache["pred"])
+  return {**cache, "backbone": new_backbone, "pred": pred,
+          "num_words": cache["num_words"] + active.astype(jnp.int32)}
+
+
 class HAT(nnx.Module):
   def __init__(self, *, vocab_size: int, encoder_dim: int, encoder_layers: int, encoder_heads: int,
                encoder_mlp_dim: int, dim: int, num_layers: int, num_heads: int, mlp_dim: int,
@@ -243,13 +257,7 @@ class HAT(nnx.Module):
     byte_pos = jnp.take_along_axis(cache["buffer_pos"], idx, axis=1)[:, None]     # [B, 1, Lw]
     mask = (jnp.arange(Lw)[None] < length[:, None])[:, None]                      # [B, 1, Lw]
     h = self.pooling(grid.astype(self.embed.dtype), mask, byte_pos, cache["num_words"][:, None])
-    new_backbone = []
-    for layer, layer_cache in zip(self.backbone, cache["backbone"]):
-      h, layer_cache = block_decode_rows(layer, h, layer_cache, cache["num_words"], active)
-      new_backbone.append(layer_cache)
-    pred = jnp.where(active[:, None], h[:, 0].astype(jnp.float32), cache["pred"])
-    return {**cache, "backbone": new_backbone, "pred": pred,
-            "num_words": cache["num_words"] + active.astype(jnp.int32)}
+    return backbone_advance(self.backbone, h, cache, active)
 
   def decode_step(self, cache: dict[str, Any], ids: jax.Array, finished_lengths: jax.Array | None = None
                   ) -> tuple[jax.Array, dict[str, Any]]:

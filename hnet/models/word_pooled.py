@@ -58,7 +58,7 @@ from hnet.layers.norm import RMSNorm
 from hnet.layers.pooling import make_pooling, words_to_stream
 from hnet.layers.transformer_block import TransformerBlock
 from hnet.models import hat
-from hnet.models.hat import block_decode_rows, shift_words, word_metrics
+from hnet.models.hat import backbone_advance, shift_words, word_metrics
 from hnet.models.output import ModelOutput
 from hnet.sharding import shard
 
@@ -175,13 +175,7 @@ class WordPooledLM(nnx.Module):
     e = self.embed(ids[:, None])                                                   # [B, 1, Lw, Db]
     in_word = jnp.broadcast_to(jnp.arange(Lw), mask.shape)
     h = self.pooling(e, mask, in_word, cache["num_words"][:, None])               # [B, 1, D]
-    new_backbone = []
-    for layer, layer_cache in zip(self.backbone, cache["backbone"]):
-      h, layer_cache = block_decode_rows(layer, h, layer_cache, cache["num_words"], active)
-      new_backbone.append(layer_cache)
-    pred = jnp.where(active[:, None], h[:, 0].astype(jnp.float32), cache["pred"])
-    return {**cache, "backbone": new_backbone, "pred": pred,
-            "num_words": cache["num_words"] + active.astype(jnp.int32)}
+    return backbone_advance(self.backbone, h, cache, active)
 
   def decode_step(self, cache: dict[str, Any], ids: jax.Array, finished_lengths: jax.Array | None = None
                   ) -> tuple[jax.Array, dict[str, Any]]:
