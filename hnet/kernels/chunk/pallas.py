@@ -21,22 +21,11 @@ import jax
 import jax.numpy as jnp
 from jax.experimental import pallas as pl
 
+from hnet.kernels.padding import next_pow2, pad_to
+
 _ROW_PAD = -1   # key of padded / empty rows
 _COL_PAD = -2   # key of padded / empty columns: never equals a row key
 _BIG = 2**30
-
-
-def _next_pow2(n: int) -> int:
-  return 1 << max(0, (n - 1).bit_length())
-
-
-def _pad_to(x: jax.Array, axis: int, size: int, value=0) -> jax.Array:
-  pad = size - x.shape[axis]
-  if pad == 0:
-    return x
-  widths = [(0, 0)] * x.ndim
-  widths[axis] = (0, pad)
-  return jnp.pad(x, widths, constant_values=value)
 
 
 def _key_range(keys):
@@ -79,14 +68,14 @@ def match_matmul(x, row_key, col_key, *, block_m=64, block_n=64, block_d=128,
   """
   batch, num_cols, dim = x.shape
   num_rows = row_key.shape[1]
-  block_d = min(block_d, _next_pow2(dim))
+  block_d = min(block_d, next_pow2(dim))
   rows_p = pl.cdiv(num_rows, block_m) * block_m
   cols_p = pl.cdiv(num_cols, block_n) * block_n
   dim_p = pl.cdiv(dim, block_d) * block_d
-  x_p = _pad_to(_pad_to(x, 1, cols_p), 2, dim_p)
-  row_key = _pad_to(jnp.where(row_key >= 0, row_key, _ROW_PAD).astype(jnp.int32),
+  x_p = pad_to(pad_to(x, 1, cols_p), 2, dim_p)
+  row_key = pad_to(jnp.where(row_key >= 0, row_key, _ROW_PAD).astype(jnp.int32),
                     1, rows_p, _ROW_PAD)
-  col_key = _pad_to(jnp.where(col_key >= 0, col_key, _COL_PAD).astype(jnp.int32),
+  col_key = pad_to(jnp.where(col_key >= 0, col_key, _COL_PAD).astype(jnp.int32),
                     1, cols_p, _COL_PAD)
   out = pl.pallas_call(
       functools.partial(_match_matmul_kernel, block_n=block_n),

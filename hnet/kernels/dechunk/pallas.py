@@ -13,11 +13,9 @@ import jax
 import jax.numpy as jnp
 from jax.experimental import pallas as pl
 
+from hnet.kernels.padding import next_pow2
+
 from hnet.kernels.chunk.pallas import gather_rows_pallas
-
-
-def _next_pow2(n: int) -> int:
-  return 1 << max(0, (n - 1).bit_length())
 
 
 def _scan_forward_kernel(prob_ref, keep_ref, z_ref, z_bar_ref):
@@ -72,7 +70,7 @@ def _pad_dim(x, dim_p):
 
 
 def _block_and_padded_dim(dim, block_d):
-  block_d = min(block_d, _next_pow2(dim))
+  block_d = min(block_d, next_pow2(dim))
   return block_d, pl.cdiv(dim, block_d) * block_d
 
 

@@ -11,20 +11,9 @@ import jax
 import jax.numpy as jnp
 from jax.experimental import pallas as pl
 
+from hnet.kernels.padding import next_pow2, pad_to
+
 from hnet.kernels.routing.reference import COSINE_EPS
-
-
-def _next_pow2(n: int) -> int:
-  return 1 << max(0, (n - 1).bit_length())
-
-
-def _pad_to(x: jax.Array, axis: int, size: int, value=0) -> jax.Array:
-  pad = size - x.shape[axis]
-  if pad == 0:
-    return x
-  widths = [(0, 0)] * x.ndim
-  widths[axis] = (0, pad)
-  return jnp.pad(x, widths, constant_values=value)
 
 
 def _cosine_parts(q, k):
@@ -70,10 +59,10 @@ def _specs(block_l: int, dim: int):
 def _pad_inputs(q, k, segment_start, block_l):
   length, dim = q.shape[1], q.shape[2]
   padded_len = pl.cdiv(length, block_l) * block_l
-  padded_dim = _next_pow2(dim)
-  q = _pad_to(_pad_to(q, 1, padded_len), 2, padded_dim)
-  k = _pad_to(_pad_to(k, 1, padded_len), 2, padded_dim)
-  start = _pad_to(segment_start.astype(jnp.int32), 1, padded_len, 1)
+  padded_dim = next_pow2(dim)
+  q = pad_to(pad_to(q, 1, padded_len), 2, padded_dim)
+  k = pad_to(pad_to(k, 1, padded_len), 2, padded_dim)
+  start = pad_to(segment_start.astype(jnp.int32), 1, padded_len, 1)
   return q, k, start
 
 
@@ -96,7 +85,7 @@ def _forward(q, k, segment_start, block_l, interpret):
 def _backward(q, k, segment_start, grad_prob, block_l, interpret):
   batch, length, dim = q.shape
   q_p, k_p, start = _pad_inputs(q, k, segment_start, block_l)
-  grad_p = _pad_to(grad_prob.astype(jnp.float32), 1, start.shape[1])
+  grad_p = pad_to(grad_prob.astype(jnp.float32), 1, start.shape[1])
   row, vec = _specs(block_l, q_p.shape[2])
   grad_q, grad_k = pl.pallas_call(
       _backward_kernel,
