@@ -71,3 +71,13 @@ def get_config() -> ml_collections.ConfigDict:
   c.mesh.fsdp = 1
   c.mesh.tensor = 1
   return c
+
+
+def cpu_training(c: ml_collections.ConfigDict, *, steps: int, batch_size: int, lr: float,
+                 eval_every: int) -> ml_collections.ConfigDict:
+  """The short CPU budget the *_tiny configs share: 30 warmup steps, a log line every
+  20 steps, 8 held-out batches per evaluation and a checkpoint at every evaluation."""
+  c.train.update(dict(steps=steps, batch_size=batch_size, lr=lr, warmup_steps=30,
+                      log_every=20, eval_every=eval_every, eval_batches=8))
+  c.checkpoint.every = eval_every
+  return c

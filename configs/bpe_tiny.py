@@ -48,12 +48,5 @@ def get_config():
   c.model.vocab_size = ((bpe_vocab + 7) // 8) * 8
   c.data.seq_len = 72            # tokens per row (~256 bytes at ~3.6 bytes per token)
 
-  c.train.batch_size = 32
-  c.train.steps = 600
-  c.train.lr = 3e-3
-  c.train.warmup_steps = 30
-  c.train.log_every = 20
-  c.train.eval_every = 200
-  c.train.eval_batches = 8
-  c.checkpoint.every = 200
+  base.cpu_training(c, steps=600, batch_size=32, lr=3e-3, eval_every=200)
   return c

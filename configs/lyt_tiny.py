@@ -30,12 +30,5 @@ def get_config():
   c.data.seq_len = 256
   c.data.words_per_row = 96
   c.data.bytes_per_word = 24
-  c.train.batch_size = 32
-  c.train.steps = 600
-  c.train.lr = 3e-3
-  c.train.warmup_steps = 30
-  c.train.log_every = 20
-  c.train.eval_every = 200
-  c.train.eval_batches = 8
-  c.checkpoint.every = 200
+  base.cpu_training(c, steps=600, batch_size=32, lr=3e-3, eval_every=200)
   return c

@@ -17,12 +17,5 @@ def get_config():
   c.model.num_kv_heads = 4
   c.model.mlp_dim = 384
   c.data.seq_len = 256
-  c.train.batch_size = 32
-  c.train.steps = 350   # ~7 min on 2 CPU cores (1.2 s/step)
-  c.train.lr = 3e-3
-  c.train.warmup_steps = 30
-  c.train.log_every = 20
-  c.train.eval_every = 175
-  c.train.eval_batches = 8
-  c.checkpoint.every = 175
+  base.cpu_training(c, steps=350, batch_size=32, lr=3e-3, eval_every=175)  # ~7 min on 2 CPU cores (1.2 s/step)
   return c
