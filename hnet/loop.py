@@ -92,7 +92,7 @@ def evaluate(setup: Setup, eval_fn, state, max_batches: int = 0) -> dict[str, fl
 
 
 def _check_finite(metrics: dict[str, float], step: int, manager) -> None:
-  if not math.isfinite(metrics["loss"]) or not math.isfinite(metrics["grad_norm"]):
+  if not all(math.isfinite(metrics.get(k, 0.0)) for k in ("loss", "objective", "grad_norm")):
     good = manager.latest_step()
     where = (f"the last good checkpoint is step {good} in {manager.directory}"
              if good is not None else "no checkpoint was saved yet")

@@ -140,7 +140,10 @@ def train_step(state, batch, *, graphdef, tx, grad_accum: int, controller=None):
            "model": jax.tree.map(lambda x: x / grad_accum, aux["model"])}
   updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
   params = optax.apply_updates(state["params"], updates)
-  metrics = {"loss": loss, "nats": aux["nats"], "targets": aux["count"], "bytes": aux["bytes"],
+  # "loss" is the task loss (nats per target) that runs are compared by; "objective" adds
+  # the aux losses (ratio loss, MrT5 gate regulariser) that the gradient also follows.
+  metrics = {"loss": aux["nats"] / jnp.maximum(num_targets, 1.0), "objective": loss,
+             "nats": aux["nats"], "targets": aux["count"], "bytes": aux["bytes"],
              "grad_norm": optax.tree.norm(grads), **{f"aux/{k}": v for k, v in aux["aux"].items()},
              **{f"model/{k}": v for k, v in aux["model"].items()}}
   extra = controller.update(state["extra"], metrics) if controller is not None else state["extra"]
