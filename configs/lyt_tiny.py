@@ -30,5 +30,6 @@ def get_config():
   c.data.seq_len = 256
   c.data.words_per_row = 96
   c.data.bytes_per_word = 24
+  c.data.rare_max_count = 2      # rare words: seen <= 2 times in the training split (-1: off)
   base.cpu_training(c, steps=600, batch_size=32, lr=3e-3, eval_every=200)
   return c

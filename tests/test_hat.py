@@ -69,23 +69,42 @@ def test_documents_do_not_interact():
   np.testing.assert_allclose(out_both[:, start:start + 6], out_alone[:, :6], atol=2e-5)
 
 
+def _metric_batch(word_counts=None):
+  """One word-layout row (hnet/data/words.py) of "the quick brownie fox jumps"."""
+  from hnet.data.words import WordRows
+  rows = WordRows([b"the quick brownie fox jumps"], seq_len=30, words_per_row=10,
+                  bytes_per_word=WORD_LEN, word_counts=word_counts, rare_max_count=2)
+  return {k: v[None] for k, v in rows[0].items()}
+
+
 def test_metrics_exact_match():
   """With logits that put all mass on the targets, every counted word is right."""
   from hnet.models.hat import word_metrics
-  batch = testing.word_layout_batch([[b"the quick brownie fox jumps"]], 30, 10, WORD_LEN)
+  # Training-split counts: " fox" is planted rare (never seen), " quick" is rare (twice);
+  # the long " brownie" is frequent, so it is not rare (the old 8+-byte proxy said it was).
+  counts = {b"the": 50, b" quick": 2, b" brownie": 40, b" jumps": 3}
+  batch = _metric_batch(counts)
+  np.testing.assert_array_equal(batch["rare_word_mask"][0], [0, 0, 1, 0, 1, 0, 0, 0, 0, 0])
   perfect = jax.nn.one_hot(batch["targets"], 264) * 10.0
   m = word_metrics(perfect, batch, 10)
-  assert float(m["next_word_accuracy"]) == 1.0 and float(m["rare_word_accuracy"]) == 1.0
+  assert float(m["next_word_accuracy"]) == 1.0 and float(m["next_word_accuracy_rare"]) == 1.0
+  # counted: "the", " quick", " brownie", " fox", " jumps" (the row is padded after EOS,
+  # so no word touches the row's end); BOS has no target byte. Rare: " quick", " fox".
+  np.testing.assert_allclose(float(m["rare_word_fraction"]), 2 / 5)
+  np.testing.assert_allclose(float(m["bytes_per_word"]), 27 / 7)  # 27 bytes; words: BOS, 5, EOS
   wrong = np.array(perfect)
-  wrong[0, 6] = np.roll(wrong[0, 6], 1)    # one byte of " quick" wrong
-  m = word_metrics(wrong, batch, 10)
-  # counted: "the", " quick", " brownie" (rare: >= 8 bytes), " fox", " jumps" (the row is
-  # padded after EOS, so no word touches the row's end); BOS has no target byte.
-  np.testing.assert_allclose(float(m["next_word_accuracy"]), 4 / 5)
-  np.testing.assert_allclose(float(m["rare_word_accuracy"]), 1.0)
-  np.testing.assert_allclose(float(m["bytes_per_word"]), 27 / 6)  # 27 bytes, 6 words in the row (BOS + 5; EOS is a target only)
   wrong[0, 13] = np.roll(wrong[0, 13], 1)  # target 13 = input 14, inside " brownie"
-  np.testing.assert_allclose(float(word_metrics(wrong, batch, 10)["rare_word_accuracy"]), 0.0)
+  m = word_metrics(wrong, batch, 10)
+  np.testing.assert_allclose(float(m["next_word_accuracy"]), 4 / 5)
+  np.testing.assert_allclose(float(m["next_word_accuracy_rare"]), 1.0)
+  wrong[0, 19] = np.roll(wrong[0, 19], 1)  # target 19 = input 20, inside " fox"
+  m = word_metrics(wrong, batch, 10)
+  np.testing.assert_allclose(float(m["next_word_accuracy"]), 3 / 5)
+  np.testing.assert_allclose(float(m["next_word_accuracy_rare"]), 1 / 2)
+  wrong[0, 6] = np.roll(wrong[0, 6], 1)    # target 6 = input 7, inside " quick"
+  np.testing.assert_allclose(float(word_metrics(wrong, batch, 10)["next_word_accuracy_rare"]), 0.0)
+  # Without word counts the layout has no rare_word_mask and no rare metric is reported.
+  assert "next_word_accuracy_rare" not in word_metrics(perfect, _metric_batch(), 10)
 
 
 @pytest.mark.slow
@@ -107,16 +126,22 @@ def test_runs_on_words_rows():
   assert np.isfinite(np.asarray(out.logits)).all()
 
 
+# Llama-3.1-8B-TFree-HAT, arXiv 2603.15953 (sources in configs/hat_7b.py)
+PUBLISHED_7B_PARAMS = 7_192_495_104
+
+
 def test_7b_shapes():
   cfg = hat_7b.get_config()
   model = abstract_model(cfg.model)
-  params = nnx.state(model, nnx.Param)
-  n = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params))
-  backbone = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(nnx.state(model.backbone, nnx.Param)))
-  # Llama-3.1-8B without embedding and head: 32 x (4 attn + 3 mlp matrices + 2 norms)
-  per_layer = 4096 * (4096 + 1024 + 1024 + 4096) + 3 * 4096 * 14336 + 2 * 4096
-  assert backbone == 32 * per_layer
-  assert 7.0e9 < n < 8.5e9, n
+  count = lambda module: sum(int(np.prod(x.shape))
+                             for x in jax.tree.leaves(nnx.state(module, nnx.Param)))
+  llama_layer = lambda d, kv, mlp: d * (2 * d + 2 * kv) + 3 * d * mlp + 2 * d  # attn, SwiGLU, 2 norms
+  # Llama-3.1-8B without embedding and head; the published encoder's 6 layers
+  assert count(model.backbone) == 32 * llama_layer(4096, 1024, 14336)
+  assert count(model.encoder) == 6 * llama_layer(1024, 1024, 2816)
+  # Within 1% of the published total (the differences are listed in configs/hat_7b.py).
+  n = count(model)
+  assert abs(n / PUBLISHED_7B_PARAMS - 1) < 0.01, n
   batch = testing.word_layout_batch([[b"Hello world, this is HAT."]], 32, 12, 100)
   logits = jax.eval_shape(lambda b: build_model(cfg.model, nnx.Rngs(0))(b).logits, batch)
   assert logits.shape == (1, 32, 264)

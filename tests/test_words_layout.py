@@ -229,3 +229,48 @@ def test_open_word_index_clamped_in_continued_rows():
   for row in rows:
     assert (row["open_word_index"] <= row["word_index"]).all()
     assert (row["open_word_index"] >= 0).all()
+
+
+HELD_OUT = b" the zebra met the okapi and the elephantine quagga."
+
+
+def _rare_words_config(tmp_path, **overrides):
+  """One file split by bytes (hnet/data/sources.py): the training part, then after its
+  only newline the held-out part HELD_OUT."""
+  from configs import hat_tiny
+  train = (b"the elephantine cat and the dog met the owl. " * 20
+           + b"a zebra, a zebra; okapi okapi okapi.")
+  (tmp_path / "corpus.txt").write_bytes(train + b"\n" + HELD_OUT)
+  c = hat_tiny.get_config().data
+  c.source, c.path, c.eval_fraction = "files", str(tmp_path / "corpus.txt"), 0.08
+  c.update(overrides)
+  return c
+
+
+def _rare_words_of(row):
+  return {row["word_bytes"][w, :row["word_lengths"][w]].astype(np.uint8).tobytes()
+          for w in np.flatnonzero(row["rare_word_mask"])}
+
+
+def test_rare_words_are_counted_in_the_training_split(tmp_path):
+  """rare_word_mask marks the held-out words seen at most data.rare_max_count times in the
+  TRAINING split (splitter words, leading space included): " zebra" (2), " quagga" (0);
+  not " okapi" (3), nor the long but frequent " elephantine", nor " met" (20)."""
+  from hnet.data import pipeline
+
+  def held_out_row(config):
+    batch = next(iter(pipeline.make_dataset(config, "validation", global_batch_size=1,
+                                            repeat=False)))
+    return {k: v[0] for k, v in batch.items()}
+
+  c = _rare_words_config(tmp_path)
+  row = held_out_row(c)
+  assert list(wl.sources.load_documents(c, "validation")) == [HELD_OUT]
+  assert _rare_words_of(row) == {b" zebra", b" quagga"}
+  assert row["rare_word_mask"].dtype == np.float32 and row["rare_word_mask"].shape == (96,)
+  assert wl.train_word_counts(c, 32)[b" zebra"] == 2
+  assert _rare_words_of(held_out_row(_rare_words_config(tmp_path, rare_max_count=3))) == {
+      b" zebra", b" okapi", b" quagga"}
+  assert _rare_words_of(held_out_row(_rare_words_config(tmp_path, rare_max_count=0))) == {
+      b" quagga"}
+  assert "rare_word_mask" not in held_out_row(_rare_words_config(tmp_path, rare_max_count=-1))

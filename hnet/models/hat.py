@@ -60,9 +60,6 @@ from hnet.layers.transformer_block import TransformerBlock
 from hnet.models.output import ModelOutput
 from hnet.sharding import shard
 
-RARE_WORD_BYTES = 8  # "rare" words in the metrics: words of >= 8 bytes (see word_metrics)
-
-
 class WordConditionedBlock(nnx.Module):
   """Decoder layer: x += CrossAttn(x, word vector) (one key: a projection), then a Llama block."""
 
@@ -94,8 +91,8 @@ def shift_words(h: jax.Array, first: jax.Array, word_segment_ids: jax.Array) -> 
   return jnp.where(same_doc[..., None], prev, first.astype(h.dtype))
 
 
-def word_metrics(logits: jax.Array, batch: dict[str, jax.Array], num_words: int,
-                 rare_bytes: int = RARE_WORD_BYTES) -> dict[str, jax.Array]:
+def word_metrics(logits: jax.Array, batch: dict[str, jax.Array],
+                 num_words: int) -> dict[str, jax.Array]:
   """Teacher-forced next-word exact match from stream-aligned logits [B, L, V].
 
   A word is right when the argmax at every position whose target is one of its bytes
@@ -103,9 +100,12 @@ def word_metrics(logits: jax.Array, batch: dict[str, jax.Array], num_words: int,
   are words whose every byte is a masked-in target inside the row: words containing
   the row's first input (their first byte is not a target here) or its last input
   (they may continue in the next row), BOS/EOS words and padding are left out.
-  "Rare" words: no corpus frequencies exist inside the model, so rare = long, words of
-  at least `rare_bytes` bytes (the long tail of a word-frequency distribution).
   Also bytes_per_word = real bytes / words over the batch.
+
+  Rare words, when the batch has rare_word_mask [B, W] (the words layout adds it: words
+  seen at most data.rare_max_count times in the training split, hnet/data/words.py):
+  next_word_accuracy_rare = exact match over the counted rare words, and
+  rare_word_fraction = counted rare words / counted words.
   """
   wi = batch["word_index"]                                           # [B, L]
   B, L = wi.shape
@@ -120,14 +120,15 @@ def word_metrics(logits: jax.Array, batch: dict[str, jax.Array], num_words: int,
   edge = (jnp.arange(num_words)[None] == wi[:, :1]) | (jnp.arange(num_words)[None] == wi[:, -1:])
   counted = (n_bytes > 0) & ~edge
   right = counted & (n_wrong == 0)
-  rare = counted & (n_bytes >= rare_bytes)
   real_bytes = jnp.sum((batch["segment_ids"] > 0) & (batch["inputs"] < hbytes.NUM_BYTES))
   words = jnp.sum(batch["word_mask"] > 0)
-  return {
-      "next_word_accuracy": jnp.sum(right) / jnp.maximum(jnp.sum(counted), 1),
-      "rare_word_accuracy": jnp.sum(right & rare) / jnp.maximum(jnp.sum(rare), 1),
-      "bytes_per_word": real_bytes / jnp.maximum(words, 1),
-  }
+  metrics = {"next_word_accuracy": jnp.sum(right) / jnp.maximum(jnp.sum(counted), 1),
+             "bytes_per_word": real_bytes / jnp.maximum(words, 1)}
+  if "rare_word_mask" in batch:
+    rare = counted & (batch["rare_word_mask"] > 0)                 # [B, W]
+    metrics["next_word_accuracy_rare"] = jnp.sum(right & rare) / jnp.maximum(jnp.sum(rare), 1)
+    metrics["rare_word_fraction"] = jnp.sum(rare) / jnp.maximum(jnp.sum(counted), 1)
+  return metrics
 
 
 def block_decode_rows(block: TransformerBlock, x: jax.Array, cache: dict[str, jax.Array],
