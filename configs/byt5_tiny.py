@@ -11,4 +11,5 @@ def get_config() -> ml_collections.ConfigDict:
   c = mrt5_tiny.get_config()
   c.model.name = "byt5"
   c.model.gate_layer = 0  # no delete gate (build() also ignores it for "byt5")
+  c.model.softmax1 = False  # plain softmax attention everywhere, as in ByT5
   return c

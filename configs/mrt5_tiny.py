@@ -27,9 +27,11 @@ def get_config() -> ml_collections.ConfigDict:
   m.gate_layer = 2                 # delete gate after this many encoder layers (paper: 3)
   m.gate_k = -30.0                 # G = k * sigmoid(.) in (k, 0); hard delete if G < k/2
   m.gate_bias_init = -10.0         # sigmoid(-10) ~ 5e-5: almost nothing deleted at first
+  m.softmax1 = True                # softmax1 (paper eq. 7) in the attention after the gate
   m.gate_alpha = 0.0               # alpha when the batch has no "mrt5_alpha" (controller off)
   m.target_deletion_ratio = 0.5    # PI controller target
   m.controller_ki = 1e-5           # PI controller integral gain
+  m.controller_two_sided = True    # alpha may go negative (paper: max(0, .)); see mrt5.py
   m.hard_delete_fractions = (0.25, 0.5, 0.75, 1.0)  # inference capacity buckets (x L)
 
   c.data.layout = "span_corruption"

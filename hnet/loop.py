@@ -73,13 +73,16 @@ def to_global(setup: Setup, local_batch: dict[str, np.ndarray]) -> dict[str, jax
 
 
 def evaluate(setup: Setup, eval_fn, state, max_batches: int = 0) -> dict[str, float]:
-  """Held-out bpb over the eval split (all of it when max_batches == 0)."""
+  """Held-out bpb over the eval split (all of it when max_batches == 0). The model's own
+  metrics (ratios per batch) are averaged with each batch weighted by its targets, so a
+  padded last batch with few or no targets counts little or not at all."""
   totals: dict[str, float] = {}
   count = 0
   for local in data_iterator(setup.config, setup.config.data.eval_split, repeat=False):
     out = jax.device_get(eval_fn(state["params"], to_global(setup, local), state["extra"]))
+    weight = float(out["targets"])  # model metrics: mean over batches weighted by targets
     for k, v in out.items():
-      totals[k] = totals.get(k, 0.0) + float(v)
+      totals[k] = totals.get(k, 0.0) + float(v) * (weight if k.startswith("model/") else 1.0)
     count += 1
     if max_batches and count >= max_batches:
       break
@@ -87,7 +90,8 @@ def evaluate(setup: Setup, eval_fn, state, max_batches: int = 0) -> dict[str, fl
     raise ValueError(f"the eval split {setup.config.data.eval_split!r} produced no batches")
   result = {"bpb": bits_per_byte(totals["nats"], totals["bytes"]),
             "loss": totals["nats"] / max(totals["targets"], 1.0), "bytes": totals["bytes"]}
-  result.update({k: v / count for k, v in totals.items() if k.startswith("model/")})
+  result.update({k: v / max(totals["targets"], 1.0) for k, v in totals.items()
+                 if k.startswith("model/")})
   return result
 
 

@@ -10,6 +10,7 @@ from configs import byt5_small, mrt5_tiny
 from hnet import bytes as hbytes
 from hnet import testing
 from hnet.layers.relative_position import relative_position_bucket
+from hnet.layers.attention import softmax1
 from hnet.models import build_model, controller_for
 from hnet.models import mrt5
 
@@ -118,6 +119,15 @@ def test_gate_reg_uses_batch_alpha_and_reports_ratio():
   assert float(forward(model, batch).aux_losses["gate_reg"]) == 0.0  # gate_alpha default 0
 
 
+def test_softmax1_is_a_softmax_with_an_extra_zero_logit():
+  logits = jax.random.normal(jax.random.key(0), (3, 7)) * 4.0
+  logits = logits.at[0].add(200.0)  # large logits must not overflow
+  with_null = jax.nn.softmax(jnp.concatenate([logits, jnp.zeros((3, 1))], axis=-1), axis=-1)
+  np.testing.assert_allclose(softmax1(logits), with_null[:, :-1], rtol=1e-5, atol=1e-7)
+  # soft deletion of every key: the weights vanish instead of renormalising to 1
+  assert float(jnp.sum(softmax1(logits[1:] - 30.0))) < 1e-9
+
+
 def test_gate_forced_to_zero_equals_byt5_exactly():
   model = make_model("mrt5")
   model.gate.bias[...] = jnp.float32(-1e30)  # sigmoid -> 0, G = -0.0 exactly
@@ -179,7 +189,10 @@ def test_controller_update_formula():
   np.testing.assert_allclose([state["p"], state["i"], state["alpha"]],
                              [0.05 * 0.4, 1e-5 * 0.4, 0.05 * 0.4 + 1e-5 * 0.4], rtol=1e-6)
   high = mrt5.controller_update(mrt5.controller_init(), 0.9, target_ratio=0.5)
-  assert float(high["alpha"]) == 0.0  # alpha = max(0, p + i)
+  np.testing.assert_allclose(high["alpha"], -0.4 * (0.05 + 1e-5), rtol=1e-6)  # two-sided
+  clipped = mrt5.controller_update(mrt5.controller_init(), 0.9, target_ratio=0.5,
+                                   two_sided=False)
+  assert float(clipped["alpha"]) == 0.0  # the paper's alpha = max(0, p + i)
 
 
 def test_controller_moves_deletion_ratio_to_target():

@@ -33,12 +33,22 @@ def make_mask(q_segment: jax.Array, k_segment: jax.Array, q_index: jax.Array,
   return mask[:, None]
 
 
+def softmax1(logits: jax.Array, axis: int = -1) -> jax.Array:
+  """exp(x_i) / (1 + sum_j exp(x_j)): a softmax with an extra key of logit 0 and value 0.
+
+  MrT5's attention (paper eq. 7): when every key is pushed far below 0 (soft deletion)
+  the weights go to 0 instead of being renormalised back to a full softmax."""
+  shift = jax.lax.stop_gradient(jnp.maximum(jnp.max(logits, axis=axis, keepdims=True), 0.0))
+  scaled = jnp.exp(logits - shift)
+  return scaled / (jnp.exp(-shift) + jnp.sum(scaled, axis=axis, keepdims=True))
+
+
 def attend(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array,
-           logit_bias: jax.Array | None = None) -> jax.Array:
+           logit_bias: jax.Array | None = None, *, use_softmax1: bool = False) -> jax.Array:
   """q [B, L, H, Dh], k/v [B, S, K, Dh], mask [B, 1|H, L, S] -> [B, L, H, Dh].
 
-  Softmax in float32. `logit_bias` (broadcastable to [B, H, L, S]) is added to the
-  logits (relative position bias, soft deletion).
+  Softmax (or `softmax1`) in float32. `logit_bias` (broadcastable to [B, H, L, S]) is
+  added to the logits (relative position bias, soft deletion).
   """
   B, L, H, Dh = q.shape
   K = k.shape[2]
@@ -48,7 +58,7 @@ def attend(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array,
   if logit_bias is not None:
     logits = logits + logit_bias.astype(jnp.float32)
   logits = jnp.where(mask, logits, NEG_INF)
-  weights = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
+  weights = (softmax1 if use_softmax1 else jax.nn.softmax)(logits, axis=-1).astype(v.dtype)
   weights = weights.reshape(B, K, H // K, L, -1)
   out = jnp.einsum("bkgls,bskd->blkgd", weights, v)
   return out.reshape(B, L, H, Dh)
@@ -60,8 +70,9 @@ class Attention(nnx.Module):
   def __init__(self, dim: int, num_heads: int, *, rngs: nnx.Rngs, num_kv_heads: int | None = None,
                head_dim: int | None = None, window: int | None = None, causal: bool = True,
                rope: bool = True, rope_base: float = 10000.0, out_std: float = DEFAULT_STD,
-               dtype=jnp.float32):
+               use_softmax1: bool = False, dtype=jnp.float32):
     self.num_heads = num_heads
+    self.use_softmax1 = use_softmax1
     self.num_kv_heads = num_kv_heads or num_heads
     self.head_dim = head_dim or dim // num_heads
     self.window, self.causal, self.rope, self.rope_base = window, causal, rope, rope_base
@@ -88,7 +99,7 @@ class Attention(nnx.Module):
     q, k, v = self._project(x, positions)
     index = jnp.broadcast_to(jnp.arange(x.shape[1]), segment_ids.shape)
     mask = make_mask(segment_ids, segment_ids, index, index, causal=self.causal, window=self.window)
-    out = attend(q, k, v, mask, logit_bias)
+    out = attend(q, k, v, mask, logit_bias, use_softmax1=self.use_softmax1)
     return self.out(out.reshape(*x.shape[:2], -1))
 
   def init_cache(self, batch_size: int, max_len: int, dtype=jnp.float32) -> dict[str, Any]:
@@ -117,5 +128,6 @@ class Attention(nnx.Module):
     seg_q = jnp.ones((B, T), jnp.int32)
     seg_k = jnp.ones((B, S), jnp.int32) if valid is None else valid.astype(jnp.int32)
     mask = make_mask(seg_q, seg_k, q_index, k_index, causal=True, window=self.window)
-    out = attend(q, k_all.astype(q.dtype), v_all.astype(q.dtype), mask, logit_bias)
+    out = attend(q, k_all.astype(q.dtype), v_all.astype(q.dtype), mask, logit_bias,
+                 use_softmax1=self.use_softmax1)
     return self.out(out.reshape(B, T, -1)), {"k": k_all, "v": v_all}

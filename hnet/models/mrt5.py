@@ -81,13 +81,20 @@ def controller_init() -> dict[str, jax.Array]:
 
 
 def controller_update(state: dict[str, jax.Array], measured_ratio, target_ratio: float = 0.5,
-                      k_i: float = 1e-5) -> dict[str, jax.Array]:
+                      k_i: float = 1e-5, two_sided: bool = True) -> dict[str, jax.Array]:
   """One PI step: e = target - measured; p <- 0.9 p + 0.05 e; i <- i + k_i e;
-  alpha = max(0, p + i). Pure and jit-able."""
+  alpha = p + i (two-sided, our default) or max(0, p + i) (the paper's). Pure, jit-able.
+
+  Why two-sided: soft deletion adds G_i to attention logits, and a softmax does not
+  change when every key gets the same bias, so the task loss does not resist a gate that
+  deletes (nearly) everything uniformly. With alpha clipped at 0 nothing then pulls an
+  overshooting gate back (our tiny run drifted to 99.6% deleted); a negative alpha
+  rewards keeping positions until the measured ratio is back at the target."""
   error = jnp.asarray(target_ratio, jnp.float32) - jnp.asarray(measured_ratio, jnp.float32)
   p = 0.9 * state["p"] + 0.05 * error
   i = state["i"] + k_i * error
-  return {"p": p, "i": i, "alpha": jnp.maximum(0.0, p + i)}
+  alpha = p + i if two_sided else jnp.maximum(0.0, p + i)
+  return {"p": p, "i": i, "alpha": alpha}
 
 
 class Controller:
@@ -98,6 +105,11 @@ class Controller:
   def __init__(self, model_config):
     self.target_ratio = float(model_config.get("target_deletion_ratio", 0.5))
     self.k_i = float(model_config.get("controller_ki", 1e-5))
+    self.two_sided = bool(model_config.get("controller_two_sided", True))
+    self.measure = model_config.get("controller_measure", "hard")
+    if self.measure not in ("hard", "soft"):
+      raise ValueError(f"controller_measure must be 'hard' or 'soft', got {self.measure!r}")
+    self.gate_k = float(model_config.get("gate_k", GATE_K))
 
   def init(self) -> dict[str, jax.Array]:
     return controller_init()
@@ -115,17 +127,24 @@ class Controller:
     ratio = metrics.get("model/deletion_ratio", metrics.get("deletion_ratio"))
     if ratio is None:  # no gate (gate_layer = 0): nothing to control
       return extra
-    return controller_update(extra, ratio, self.target_ratio, self.k_i)
+    if self.measure == "soft":  # mean G / k in [0, 1]: continuous in the gate logits
+      ratio = metrics.get("model/gate_mean", metrics.get("gate_mean")) / self.gate_k
+    return controller_update(extra, ratio, self.target_ratio, self.k_i, self.two_sided)
 
 
 # --------------------------------------------------------------------------- layers
 
 class DeleteGate(nnx.Module):
-  """G = k * sigmoid(w . RMSNorm(h) + b): [B, L, D] -> [B, L] float32 in (k, 0)."""
+  """G = k * sigmoid(w . RMSNorm(h) + b): [B, L, D] -> [B, L] float32 in (k, 0).
 
-  def __init__(self, dim: int, *, rngs: nnx.Rngs, k: float = GATE_K, bias_init: float = -10.0):
+  `logit_spread` sets the init std of w to logit_spread / sqrt(dim), so that the gate
+  logits w . RMSNorm(h) of different bytes start about that far apart: a ratio set by a
+  threshold on them then moves smoothly with b instead of jumping from 0 to 1."""
+
+  def __init__(self, dim: int, *, rngs: nnx.Rngs, k: float = GATE_K, bias_init: float = -10.0,
+               logit_spread: float = DEFAULT_STD * 16.0):
     self.norm = RMSNorm(dim)
-    self.weight = normal_param(rngs, (dim,), ("embed",))
+    self.weight = normal_param(rngs, (dim,), ("embed",), std=logit_spread / math.sqrt(dim))
     self.bias = nnx.Param(jnp.full((), bias_init, jnp.float32), axes=())
     self.k = k
 
@@ -138,8 +157,9 @@ class CrossAttention(nnx.Module):
   """Decoder queries over encoder memory (no position bias, optional gate logit bias)."""
 
   def __init__(self, dim: int, num_heads: int, head_dim: int, *, rngs: nnx.Rngs,
-               out_std: float = DEFAULT_STD, dtype=jnp.float32):
+               out_std: float = DEFAULT_STD, use_softmax1: bool = False, dtype=jnp.float32):
     self.num_heads, self.head_dim = num_heads, head_dim
+    self.use_softmax1 = use_softmax1
     inner = num_heads * head_dim
     self.query = Dense(dim, inner, rngs=rngs, axes=("embed", "heads"), dtype=dtype)
     self.key = Dense(dim, inner, rngs=rngs, axes=("embed", "heads"), dtype=dtype)
@@ -161,16 +181,16 @@ class CrossAttention(nnx.Module):
     zeros_q, zeros_k = jnp.zeros_like(q_segment), jnp.zeros_like(k_segment)
     mask = make_mask(q_segment, k_segment, zeros_q, zeros_k, causal=False)
     out = attend(q, memory_kv["k"].astype(q.dtype), memory_kv["v"].astype(q.dtype), mask,
-                 logit_bias)
+                 logit_bias, use_softmax1=self.use_softmax1)
     return self.out(out.reshape(B, L, -1))
 
 
 class EncoderBlock(nnx.Module):
   def __init__(self, dim: int, num_heads: int, head_dim: int, mlp_dim: int, *, rngs: nnx.Rngs,
-               out_std: float, dtype=jnp.float32):
+               out_std: float, use_softmax1: bool = False, dtype=jnp.float32):
     self.attn_norm = RMSNorm(dim)
     self.attn = Attention(dim, num_heads, rngs=rngs, head_dim=head_dim, causal=False, rope=False,
-                          out_std=out_std, dtype=dtype)
+                          out_std=out_std, use_softmax1=use_softmax1, dtype=dtype)
     self.mlp_norm = RMSNorm(dim)
     self.mlp = SwiGLU(dim, mlp_dim, rngs=rngs, out_std=out_std, dtype=dtype, activation=gelu_tanh)
 
@@ -182,13 +202,13 @@ class EncoderBlock(nnx.Module):
 
 class DecoderBlock(nnx.Module):
   def __init__(self, dim: int, num_heads: int, head_dim: int, mlp_dim: int, *, rngs: nnx.Rngs,
-               out_std: float, dtype=jnp.float32):
+               out_std: float, cross_softmax1: bool = False, dtype=jnp.float32):
     self.self_attn_norm = RMSNorm(dim)
     self.self_attn = Attention(dim, num_heads, rngs=rngs, head_dim=head_dim, causal=True,
                                rope=False, out_std=out_std, dtype=dtype)
     self.cross_attn_norm = RMSNorm(dim)
     self.cross_attn = CrossAttention(dim, num_heads, head_dim, rngs=rngs, out_std=out_std,
-                                     dtype=dtype)
+                                     use_softmax1=cross_softmax1, dtype=dtype)
     self.mlp_norm = RMSNorm(dim)
     self.mlp = SwiGLU(dim, mlp_dim, rngs=rngs, out_std=out_std, dtype=dtype, activation=gelu_tanh)
 
@@ -236,13 +256,17 @@ class MrT5(nnx.Module):
   def __init__(self, *, vocab_size: int, dim: int, num_encoder_layers: int,
                num_decoder_layers: int, num_heads: int, head_dim: int, mlp_dim: int,
                rngs: nnx.Rngs, gate_layer: int = 0, gate_k: float = GATE_K,
-               gate_bias_init: float = -10.0, gate_alpha: float = 0.0,
+               gate_bias_init: float = -10.0, gate_logit_spread: float = DEFAULT_STD * 16.0,
+               gate_alpha: float = 0.0,
                rel_buckets: int = 32, rel_max_distance: int = 128,
                hard_delete_fractions: Sequence[float] = DEFAULT_HARD_DELETE_FRACTIONS,
-               dtype=jnp.float32):
+               softmax1_from: int = 0, dtype=jnp.float32):
     if not 0 <= gate_layer <= num_encoder_layers:
       raise ValueError(f"gate_layer={gate_layer} must lie in [0, {num_encoder_layers}] "
                        "(0 = no delete gate, i.e. ByT5)")
+    if not 0 <= softmax1_from <= num_encoder_layers:
+      raise ValueError(f"softmax1_from={softmax1_from} must lie in [0, {num_encoder_layers}] "
+                       "(0 = plain softmax everywhere)")
     self.gate_layer, self.gate_k, self.gate_alpha = gate_layer, gate_k, gate_alpha
     self.hard_delete_fractions = tuple(hard_delete_fractions)
     enc_std = DEFAULT_STD / (2 * num_encoder_layers) ** 0.5
@@ -253,16 +277,19 @@ class MrT5(nnx.Module):
         num_heads, bidirectional=True, rngs=rngs, num_buckets=rel_buckets,
         max_distance=rel_max_distance)
     self.encoder_layers = nnx.List([
-        EncoderBlock(dim, num_heads, head_dim, mlp_dim, out_std=enc_std, **block_args)
-        for _ in range(num_encoder_layers)])
-    self.gate = (DeleteGate(dim, rngs=rngs, k=gate_k, bias_init=gate_bias_init)
+        EncoderBlock(dim, num_heads, head_dim, mlp_dim, out_std=enc_std,
+                     use_softmax1=bool(softmax1_from) and index >= softmax1_from, **block_args)
+        for index in range(num_encoder_layers)])
+    self.gate = (DeleteGate(dim, rngs=rngs, k=gate_k, bias_init=gate_bias_init,
+                            logit_spread=gate_logit_spread)
                  if gate_layer else None)
     self.encoder_norm = RMSNorm(dim)
     self.decoder_position_bias = RelativePositionBias(
         num_heads, bidirectional=False, rngs=rngs, num_buckets=rel_buckets,
         max_distance=rel_max_distance)
     self.decoder_layers = nnx.List([
-        DecoderBlock(dim, num_heads, head_dim, mlp_dim, out_std=dec_std, **block_args)
+        DecoderBlock(dim, num_heads, head_dim, mlp_dim, out_std=dec_std,
+                     cross_softmax1=bool(softmax1_from), **block_args)
         for _ in range(num_decoder_layers)])
     self.decoder_norm = RMSNorm(dim)
     self.head = Dense(dim, vocab_size, rngs=rngs, axes=("embed", "vocab"), dtype=dtype)
@@ -457,9 +484,11 @@ def build(cfg, rngs: nnx.Rngs) -> MrT5:
               head_dim=cfg.get("head_dim") or cfg.dim // cfg.num_heads, mlp_dim=cfg.mlp_dim,
               rngs=rngs, gate_layer=gate_layer, gate_k=cfg.get("gate_k", GATE_K),
               gate_bias_init=cfg.get("gate_bias_init", -10.0),
+              gate_logit_spread=cfg.get("gate_logit_spread", DEFAULT_STD * 16.0),
               gate_alpha=cfg.get("gate_alpha", 0.0),
               rel_buckets=cfg.get("rel_buckets", 32),
               rel_max_distance=cfg.get("rel_max_distance", 128),
               hard_delete_fractions=tuple(cfg.get("hard_delete_fractions",
                                                   DEFAULT_HARD_DELETE_FRACTIONS)),
+              softmax1_from=cfg.get("gate_layer", 3) if cfg.get("softmax1", False) else 0,
               dtype=jnp.dtype(cfg.get("dtype", "float32")))
