@@ -9,6 +9,9 @@ starts among the bytes (`word_start_stats`). A word start is a byte at position 
 that is an ASCII letter or digit, or the lead byte of a multi-byte UTF-8 character
 (>= 0xC0), and whose previous byte is ASCII whitespace or ASCII punctuation. The BOS
 (always a boundary) is not shown, and the first text byte is excluded from the counts.
+A boundary is *word-aligned* when it is a word start or the separator byte right before
+one: a chunk " quick" (leading space, as in GPT-2's tokens) starts a word as much as
+"quick" does. Both figures are printed, each with its base rate.
 """
 from __future__ import annotations
 
@@ -40,16 +43,28 @@ def word_starts(data: bytes) -> np.ndarray:
 def word_start_stats(data: bytes, boundary_mask: np.ndarray) -> dict[str, float]:
   """Boundaries [len(data)] over the bytes of `data` -> fractions (position 0 excluded).
 
-  boundary_word_start_fraction: boundaries that are word starts / boundaries
-  base_rate:                    word starts / bytes (what a random placement gives)
-  word_start_recall:            word starts that are boundaries / word starts
+  boundary_word_start_fraction:   boundaries that are word starts / boundaries
+  base_rate:                      word starts / bytes (what a random placement gives)
+  word_start_recall:              word starts that are boundaries / word starts
+  boundary_word_aligned_fraction: boundaries that are word-aligned / boundaries
+  aligned_base_rate:              word-aligned bytes / bytes
+  word_aligned_recall:            words whose start or the byte before it is a boundary
+                                  / words
   """
-  starts = word_starts(data)[1:]
-  mask = np.asarray(boundary_mask, bool)[1:len(data)]
+  all_starts = word_starts(data)
+  before = np.zeros_like(all_starts)
+  before[:-1] = all_starts[1:]  # the separator byte right before a word start
+  starts, aligned = all_starts[1:], (all_starts | before)[1:]
+  mask = np.asarray(boundary_mask, bool)[:len(data)]
+  words_found = (mask & all_starts) | np.concatenate([[False], (mask & before)[:-1]])
+  mask = mask[1:]
   boundaries = max(int(mask.sum()), 1)
   return {"boundary_word_start_fraction": float((mask & starts).sum()) / boundaries,
           "base_rate": float(starts.mean()) if starts.size else 0.0,
           "word_start_recall": float((mask & starts).sum()) / max(int(starts.sum()), 1),
+          "boundary_word_aligned_fraction": float((mask & aligned).sum()) / boundaries,
+          "aligned_base_rate": float(aligned.mean()) if aligned.size else 0.0,
+          "word_aligned_recall": float(words_found[1:].sum()) / max(int(starts.sum()), 1),
           "bytes_per_chunk": float(len(mask)) / boundaries}
 
 

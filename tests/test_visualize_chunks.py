@@ -1,0 +1,34 @@
+"""tools/visualize_chunks.py: the word-start statistics the H-Net issue is judged by."""
+import os
+import sys
+
+import numpy as np
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(__file__)), "tools"))
+import visualize_chunks as vc  # noqa: E402  pylint: disable=g-import-not-at-top
+
+
+def _mask(data: bytes, positions) -> np.ndarray:
+  mask = np.zeros(len(data), bool)
+  mask[list(positions)] = True
+  return mask
+
+
+def test_word_starts_and_aligned_boundaries():
+  data = b"ab cd, ef"
+  np.testing.assert_array_equal(np.flatnonzero(vc.word_starts(data)), [3, 7])
+  on_letters = vc.word_start_stats(data, _mask(data, [0, 3, 7]))
+  assert on_letters["boundary_word_start_fraction"] == 1.0
+  assert on_letters["boundary_word_aligned_fraction"] == 1.0
+  assert on_letters["word_start_recall"] == on_letters["word_aligned_recall"] == 1.0
+  # boundaries on the separator before each word: aligned, but not word starts
+  on_spaces = vc.word_start_stats(data, _mask(data, [0, 2, 6]))
+  assert on_spaces["boundary_word_start_fraction"] == 0.0
+  assert on_spaces["boundary_word_aligned_fraction"] == 1.0
+  assert on_spaces["word_aligned_recall"] == 1.0
+  # mid-word boundaries are neither
+  inside = vc.word_start_stats(data, _mask(data, [0, 1, 4, 8]))
+  assert inside["boundary_word_aligned_fraction"] == 0.0
+  assert inside["word_aligned_recall"] == 0.0
+  np.testing.assert_allclose(inside["aligned_base_rate"], 4 / 8)  # bytes 2, 3, 6, 7 of 1..8
+  np.testing.assert_allclose(inside["bytes_per_chunk"], 8 / 3)
