@@ -128,6 +128,23 @@ def test_softmax1_is_a_softmax_with_an_extra_zero_logit():
   assert float(jnp.sum(softmax1(logits[1:] - 30.0))) < 1e-9
 
 
+@pytest.mark.parametrize("into_encoder", [True, False])
+def test_gate_gradient_into_encoder_switch(into_encoder):
+  """gate_into_encoder=False: the regulariser trains the gate's own parameters only."""
+  model = make_model(gate_into_encoder=into_encoder)
+  spread_gate(model, scale=2.0)
+  batch = enc_dec_batch(0, 2, 16, 8)
+  graphdef, params = nnx.split(model, nnx.Param)
+
+  def reg(params):
+    return nnx.merge(graphdef, params).encode(batch)["stats"]["gate_mean"]
+
+  grads = nnx.to_pure_dict(jax.grad(reg)(params))
+  embed_grad = float(jnp.abs(grads["embed"]["embedding"]).max())
+  assert float(jnp.abs(grads["gate"]["weight"]).max()) > 0
+  assert (embed_grad > 0) if into_encoder else (embed_grad == 0.0)
+
+
 def test_gate_forced_to_zero_equals_byt5_exactly():
   model = make_model("mrt5")
   model.gate.bias[...] = jnp.float32(-1e30)  # sigmoid -> 0, G = -0.0 exactly

@@ -260,7 +260,8 @@ class MrT5(nnx.Module):
                gate_alpha: float = 0.0,
                rel_buckets: int = 32, rel_max_distance: int = 128,
                hard_delete_fractions: Sequence[float] = DEFAULT_HARD_DELETE_FRACTIONS,
-               softmax1_from: int = 0, dtype=jnp.float32):
+               softmax1_from: int = 0, gate_into_encoder: bool = True,
+               dtype=jnp.float32):
     if not 0 <= gate_layer <= num_encoder_layers:
       raise ValueError(f"gate_layer={gate_layer} must lie in [0, {num_encoder_layers}] "
                        "(0 = no delete gate, i.e. ByT5)")
@@ -268,6 +269,7 @@ class MrT5(nnx.Module):
       raise ValueError(f"softmax1_from={softmax1_from} must lie in [0, {num_encoder_layers}] "
                        "(0 = plain softmax everywhere)")
     self.gate_layer, self.gate_k, self.gate_alpha = gate_layer, gate_k, gate_alpha
+    self.gate_into_encoder = gate_into_encoder
     self.hard_delete_fractions = tuple(hard_delete_fractions)
     enc_std = DEFAULT_STD / (2 * num_encoder_layers) ** 0.5
     dec_std = DEFAULT_STD / (3 * num_decoder_layers) ** 0.5
@@ -306,7 +308,12 @@ class MrT5(nnx.Module):
     num_front = self.gate_layer if self.gate is not None else len(self.encoder_layers)
     for layer in self.encoder_layers[:num_front]:
       x = layer(x, positions, segment_ids, bias)
-    gate = self.gate(x) if self.gate is not None else None
+    gate = None
+    if self.gate is not None:
+      # gate_into_encoder=False: the gate reads the encoder but its gradients (task and
+      # regulariser) train only the gate's own parameters, so alpha moves the gate at the
+      # gate's learning rate instead of reshaping the whole front encoder.
+      gate = self.gate(x if self.gate_into_encoder else jax.lax.stop_gradient(x))
     return {"hidden": x, "segment_ids": segment_ids, "positions": positions, "gate": gate}
 
   def encode_back(self, front: dict[str, Any], capacity: int | None = None) -> dict[str, Any]:
@@ -491,4 +498,5 @@ def build(cfg, rngs: nnx.Rngs) -> MrT5:
               hard_delete_fractions=tuple(cfg.get("hard_delete_fractions",
                                                   DEFAULT_HARD_DELETE_FRACTIONS)),
               softmax1_from=cfg.get("gate_layer", 3) if cfg.get("softmax1", False) else 0,
+              gate_into_encoder=cfg.get("gate_into_encoder", True),
               dtype=jnp.dtype(cfg.get("dtype", "float32")))
