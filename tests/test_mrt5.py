@@ -145,6 +145,19 @@ def test_gate_gradient_into_encoder_switch(into_encoder):
   assert (embed_grad > 0) if into_encoder else (embed_grad == 0.0)
 
 
+def test_gate_binarize_term_is_zero_for_decided_gates():
+  batch = enc_dec_batch(0, 2, 16, 8)
+  model = make_model(gate_binarize_weight=0.5)
+  spread_gate(model, scale=2.0)
+  out = forward(model, batch)
+  undecided = float(out.metrics["gate_undecided"])
+  assert 0.0 < undecided <= 1.0
+  np.testing.assert_allclose(out.aux_losses["gate_binarize"], 0.5 * undecided, rtol=1e-6)
+  spread_gate(model, scale=400.0)  # every |z| huge: gates decided, term ~ 0
+  assert float(forward(model, batch).metrics["gate_undecided"]) < 1e-3
+  assert "gate_binarize" not in forward(make_model(), batch).aux_losses  # default: off
+
+
 def test_gate_forced_to_zero_equals_byt5_exactly():
   model = make_model("mrt5")
   model.gate.bias[...] = jnp.float32(-1e30)  # sigmoid -> 0, G = -0.0 exactly

@@ -261,6 +261,7 @@ class MrT5(nnx.Module):
                rel_buckets: int = 32, rel_max_distance: int = 128,
                hard_delete_fractions: Sequence[float] = DEFAULT_HARD_DELETE_FRACTIONS,
                softmax1_from: int = 0, gate_into_encoder: bool = True,
+               gate_binarize_weight: float = 0.0,
                dtype=jnp.float32):
     if not 0 <= gate_layer <= num_encoder_layers:
       raise ValueError(f"gate_layer={gate_layer} must lie in [0, {num_encoder_layers}] "
@@ -270,6 +271,7 @@ class MrT5(nnx.Module):
                        "(0 = plain softmax everywhere)")
     self.gate_layer, self.gate_k, self.gate_alpha = gate_layer, gate_k, gate_alpha
     self.gate_into_encoder = gate_into_encoder
+    self.gate_binarize_weight = gate_binarize_weight
     self.hard_delete_fractions = tuple(hard_delete_fractions)
     enc_std = DEFAULT_STD / (2 * num_encoder_layers) ** 0.5
     dec_std = DEFAULT_STD / (3 * num_decoder_layers) ** 0.5
@@ -332,6 +334,9 @@ class MrT5(nnx.Module):
       deleted = (gate < self.gate_k / 2) & real
       kept = real & jnp.logical_not(deleted)
       stats["gate_mean"] = jnp.sum(jnp.where(real, gate, 0.0)) / num_real
+      fraction = gate / self.gate_k  # sigmoid(z) in (0, 1)
+      # 4 s (1 - s): 1 at the hard-deletion threshold, 0 for a decided gate
+      stats["gate_undecided"] = jnp.sum(jnp.where(real, 4 * fraction * (1 - fraction), 0.0)) / num_real
       stats["deletion_ratio"] = jnp.sum(deleted) / num_real
       stats["kept_max"] = jnp.max(jnp.sum(kept, axis=1))
       if capacity is not None:
@@ -386,8 +391,11 @@ class MrT5(nnx.Module):
                "mrt5_alpha": alpha}
     if "deletion_overflow" in stats:
       metrics["deletion_overflow"] = stats["deletion_overflow"]
-    return ModelOutput(logits=logits, aux_losses={"gate_reg": alpha * stats["gate_mean"]},
-                       metrics=metrics)
+    aux = {"gate_reg": alpha * stats["gate_mean"]}
+    if self.gate_binarize_weight:
+      aux["gate_binarize"] = self.gate_binarize_weight * stats["gate_undecided"]
+    metrics["gate_undecided"] = stats["gate_undecided"]
+    return ModelOutput(logits=logits, aux_losses=aux, metrics=metrics)
 
   # ---- generation
   def init_cache(self, batch_size: int, max_len: int,
@@ -499,4 +507,5 @@ def build(cfg, rngs: nnx.Rngs) -> MrT5:
                                                   DEFAULT_HARD_DELETE_FRACTIONS)),
               softmax1_from=cfg.get("gate_layer", 3) if cfg.get("softmax1", False) else 0,
               gate_into_encoder=cfg.get("gate_into_encoder", True),
+              gate_binarize_weight=cfg.get("gate_binarize_weight", 0.0),
               dtype=jnp.dtype(cfg.get("dtype", "float32")))
