@@ -97,6 +97,12 @@ def test_tool_end_to_end(runs, tmp_path):
            f"{model['noised']['hat_mix']['bpb'][1]:.4f} |")
     assert row in table
   assert "### cloze" in table and "### hellaswag" in table
+  # --reuse keeps every model whose settings, name, run and step match: nothing re-evaluated
+  again = subprocess.run(command + ["--reuse"], cwd=REPO, capture_output=True, text=True,
+                         timeout=600)
+  assert again.returncode == 0, again.stderr[-3000:]
+  assert again.stdout.count("reused from") == 2
+  assert json.loads((out / "results.json").read_text()) == results
 
 
 @pytest.mark.slow

@@ -38,6 +38,9 @@ flags.DEFINE_string("path", "", "override data.path of the held-out text")
 flags.DEFINE_string("split", "", "held-out split (default: the first run's eval split)")
 flags.DEFINE_integer("batch_size", 32, "rows per forward pass")
 flags.DEFINE_integer("step", -1, "checkpoint step (-1 = newest readable)")
+flags.DEFINE_bool("reuse", False, "keep a model's results from an existing OUT/results.json "
+                  "when the settings, name, run directory and checkpoint step all match "
+                  "(adds models to a report without re-evaluating the others)")
 FLAGS = flags.FLAGS
 
 
@@ -49,6 +52,20 @@ def _load(workdir: str):
   if config.data.get("layout") == "bpe" and os.path.exists(tokenizer):
     config.data.bpe_tokenizer = os.path.abspath(tokenizer)  # the run's own, wherever it moved
   return model, config, step
+
+
+def _previous_results(settings: dict) -> dict:
+  """(name, workdir, step) -> that model's entry of OUT/results.json, if the file exists
+  and was written with exactly these settings; else {}."""
+  path = os.path.join(FLAGS.out, "results.json")
+  if not os.path.exists(path):
+    return {}
+  with open(path) as f:
+    previous = json.load(f)
+  if previous.get("settings") != settings:
+    print(f"--reuse: {path} has other settings; evaluating every model again")
+    return {}
+  return {(m["name"], m["workdir"], m["step"]): m for m in previous.get("models", [])}
 
 
 def main(argv):
@@ -93,9 +110,15 @@ def main(argv):
                           "hellaswag": FLAGS.hellaswag or None,
                           "normalize": settings.normalize, "jax_backend": jax.default_backend()},
              "models": []}
+  previous = _previous_results(results["settings"]) if FLAGS.reuse else {}
   for i, workdir in enumerate(FLAGS.workdirs):
     name = FLAGS.names[i] if FLAGS.names else os.path.basename(os.path.normpath(workdir))
     model, config, step = _load(workdir)
+    kept = previous.get((name, workdir, step))
+    if kept is not None:
+      results["models"].append(kept)
+      print(f"{name}: reused from {FLAGS.out}/results.json (step {step})")
+      continue
     started = time.perf_counter()
     result = robustness.evaluate_model(model, config, documents=documents,
                                        tasks=task_examples, settings=settings, name=name)
