@@ -247,3 +247,70 @@ def test_full_capacity_path_is_variable_length(impl):
 def test_benchmark_routing_runs():
   result = benchmark_routing(batch=1, length=64, dim=16, iters=1)
   assert result["path_s"] > 0 and result["floor_s"] > 0 and result["mean_chunks"] > 0
+
+
+# ------------------------------------------- jnp backward passes vs plain autodiff
+def _plain_path(q, k, start, capacity):
+  """The jnp path as plain formulas, differentiated by autodiff: routing, a masked
+  take_along_axis gather, an associative-scan EMA, the upsampling gather."""
+  q32, k32 = q.astype(jnp.float32), k.astype(jnp.float32)
+  norm = lambda x: jnp.sqrt(jnp.maximum(jnp.sum(x * x, -1), 1e-16))
+  cosine = jnp.sum(q32 * k32, -1) / (norm(q32) * norm(k32))
+  prob = jnp.where(start, 1.0, jnp.clip((1.0 - cosine) * 0.5, 0.0, 1.0))
+  byte_index, _, index_of_byte, _ = chunk_indices(prob > 0.5, capacity)
+
+  def gather(x, index):
+    expand = (slice(None), slice(None)) + (None,) * (x.ndim - 2)
+    got = jnp.take_along_axis(x, jnp.clip(index, 0, x.shape[1] - 1)[expand], axis=1)
+    return jnp.where((index >= 0)[expand], got, jnp.zeros((), x.dtype))
+
+  z, p, reset = gather(k, byte_index), gather(prob, byte_index), gather(start, byte_index)
+  p = jnp.clip(p, 1e-4, 1 - 1e-4)[..., None]
+  decay = (1.0 - p) * (1.0 - reset.astype(jnp.float32))[..., None]
+  combine = lambda e, l: (e[0] * l[0], l[0] * e[1] + l[1])
+  z_bar = jax.lax.associative_scan(combine, (decay, p * z), axis=1)[1]
+  return prob, gather(z_bar, index_of_byte)
+
+
+@pytest.mark.parametrize("capacity", [9, 41])
+def test_jnp_path_gradients_match_plain_autodiff(capacity):
+  """The hand-written backward passes of the jnp routing, gather, EMA and upsample
+  equal autodiff of the plain formulas (capacity 9 < the boundaries kept: drops)."""
+  length, dim = 41, 12
+  q, k = _routing_inputs(2, length, dim, seed=5)
+  start = _segment_start(2, length, (0, 17))
+  weight = jax.random.normal(jax.random.PRNGKey(8), (2, length, dim))
+
+  def loss(q, k, plain):
+    if plain:
+      prob, out = _plain_path(q, k, start, capacity)
+    else:
+      prob, mask = boundary_probs(q, k, start, **JNP)
+      c = chunk(k, mask, capacity, {"prob": prob, "start": start}, **JNP)
+      out = dechunk(c.chunks, c.extras["prob"], c.extras["start"],
+                    c.chunk_index_of_byte, **JNP)
+    return jnp.sum(out * weight) + jnp.sum(prob * jnp.linspace(-1, 1, length))
+
+  value, grads = jax.jit(jax.value_and_grad(loss, argnums=(0, 1)),
+                         static_argnums=2)(q, k, False)
+  value_plain, grads_plain = jax.jit(jax.value_and_grad(loss, argnums=(0, 1)),
+                                     static_argnums=2)(q, k, True)
+  _close(value, value_plain, F32_TOL)
+  for grad, grad_plain in zip(grads, grads_plain):
+    _close(grad, grad_plain, F32_TOL)
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+@pytest.mark.parametrize("length,block", [(1, 16), (37, 16), (32, 8), (20, 64)])
+def test_blocked_linear_scan_matches_sequential(length, block, reverse):
+  from hnet.kernels.dechunk.reference import _linear_scan
+  rng = np.random.default_rng(0)
+  decay = rng.uniform(0.0, 1.0, (2, length, 1)).astype(np.float32)
+  decay[:, ::7] = 0.0  # resets
+  value = rng.normal(size=(2, length, 5)).astype(np.float32)
+  expected, state = np.zeros_like(value, np.float64), np.zeros((2, 5))
+  for t in (reversed(range(length)) if reverse else range(length)):
+    state = decay[:, t] * state + value[:, t]
+    expected[:, t] = state
+  out = jax.jit(_linear_scan, static_argnums=(2, 3))(decay, value, reverse, block)
+  _close(out, expected, F32_TOL)

@@ -7,6 +7,8 @@ kept chunk). With C = L nothing can be dropped and the result is the exact
 variable-length semantics, padded with empty slots.
 """
 
+import functools
+import math
 from typing import NamedTuple
 
 import jax
@@ -42,12 +44,82 @@ def chunk_indices(boundary_mask: jax.Array, capacity: int):
   return chunk_byte_index, chunk_valid, chunk_index_of_byte, num_dropped
 
 
+def _flat_index(index: jax.Array, num_rows: int) -> jax.Array:
+  """index [B, M] row of each batch's [num_rows] rows, -1 = none -> [B * M] index into
+  the [B * num_rows] flattened rows; none maps to B * num_rows, out of range."""
+  batch = index.shape[0]
+  flat = index + num_rows * jnp.arange(batch, dtype=index.dtype)[:, None]  # [B, M]
+  return jnp.where(index >= 0, flat, batch * num_rows).reshape(-1)
+
+
+def take_rows(x: jax.Array, index: jax.Array, *, in_bounds: bool = False) -> jax.Array:
+  """x [B, N, ...], index [B, M] int (-1 or N and above = none) -> [B, M, ...]: the
+  indexed rows, zeros for none. No gradient rule of its own (see gather_rows_reference).
+  in_bounds: the caller promises every index is in [0, N - 1] (no masking).
+  """
+  batch, num_rows = x.shape[:2]
+  rows = x.reshape(batch * num_rows, -1)  # [B * N, F]
+  flat = _flat_index(index, num_rows)  # [B * M]
+  if in_bounds:
+    out = rows.at[flat].get(mode="promise_in_bounds")
+  else:
+    out = rows.at[flat].get(mode="fill", fill_value=0)
+  return out.reshape(index.shape + x.shape[2:])
+
+
+def scatter_add_rows(updates: jax.Array, index: jax.Array, num_rows: int, *,
+                     indices_are_sorted: bool = False, in_bounds: bool = False
+                     ) -> jax.Array:
+  """updates [B, M, ...], index [B, M] int (-1 or num_rows and above = none)
+  -> [B, num_rows, ...]: row index[b, m] receives the sum of its updates[b, m].
+
+  The transpose of `take_rows` (in_bounds: the same promise). Written with
+  lax.scatter_add on flattened rows, updates [B * M, 1, F] and no inserted window
+  dims: the form XLA:CPU scatters without first copying the updates into another
+  layout (jnp's .at[].add and autodiff of take_along_axis both add that copy).
+  """
+  batch, length = index.shape
+  feature = updates.shape[2:]
+  flat = _flat_index(index, num_rows)[:, None]  # [B * M, 1]
+  numbers = jax.lax.ScatterDimensionNumbers(
+      update_window_dims=(1, 2), inserted_window_dims=(),
+      scatter_dims_to_operand_dims=(0,))
+  out = jax.lax.scatter_add(
+      jnp.zeros((batch * num_rows, math.prod(feature)), updates.dtype), flat,
+      updates.reshape(batch * length, 1, -1), numbers,
+      indices_are_sorted=indices_are_sorted, unique_indices=False,
+      mode=(jax.lax.GatherScatterMode.PROMISE_IN_BOUNDS if in_bounds
+            else jax.lax.GatherScatterMode.FILL_OR_DROP))  # none: out of range, dropped
+  return out.reshape((batch, num_rows) + feature)
+
+
 def gather_rows_reference(x: jax.Array, index: jax.Array) -> jax.Array:
-  """x [B, N, ...], index [B, M] int (-1 = empty) -> [B, M, ...], zeros where empty."""
-  safe = jnp.clip(index, 0, x.shape[1] - 1)
-  expand = (slice(None), slice(None)) + (None,) * (x.ndim - 2)
-  gathered = jnp.take_along_axis(x, safe[expand], axis=1)
-  return jnp.where((index >= 0)[expand], gathered, jnp.zeros((), x.dtype))
+  """x [B, N, ...], index [B, M] int (-1 = empty) -> [B, M, ...], zeros where empty.
+
+  The gradient wrt a float x is a scatter-add of the output gradient onto the
+  gathered rows (empty slots are dropped).
+  """
+  if jnp.issubdtype(x.dtype, jnp.inexact):
+    return _gather_rows(x.shape[1], x, index)
+  return take_rows(x, index)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _gather_rows(num_rows: int, x: jax.Array, index: jax.Array) -> jax.Array:
+  del num_rows  # x.shape[1], static for the backward
+  return take_rows(x, index)
+
+
+def _gather_rows_fwd(num_rows, x, index):
+  return _gather_rows(num_rows, x, index), index
+
+
+def _gather_rows_bwd(num_rows, index, grad_out):
+  # grad_out has the output's (= x's) dtype.
+  return scatter_add_rows(grad_out, index, num_rows), None
+
+
+_gather_rows.defvjp(_gather_rows_fwd, _gather_rows_bwd)
 
 
 def chunk_reference(
