@@ -2,6 +2,8 @@
 
   python tools/eval.py --workdir=runs/default                     # its own held-out split
   python tools/eval.py --workdir=runs/default --source=files --path='my/*.txt' --split=train
+  python tools/eval.py --workdir=runs/transformer --words_from=configs/hat_tiny.py
+      # + next-word exact match of a byte-stream model on the words HAT is scored on
 """
 import json
 import os
@@ -18,6 +20,8 @@ flags.DEFINE_string("tfds_name", "", "override data.tfds_name")
 flags.DEFINE_string("split", "", "split to evaluate (default: the run's eval split)")
 flags.DEFINE_integer("max_batches", 0, "0 = the whole split")
 flags.DEFINE_integer("step", -1, "checkpoint step (-1 = newest readable)")
+flags.DEFINE_string("words_from", "", "a words-layout config (e.g. configs/hat_tiny.py): also "
+                    "report next-word accuracy of this byte-stream model on its words")
 FLAGS = flags.FLAGS
 
 
@@ -43,8 +47,29 @@ def main(argv):
   eval_fn = jit_eval_step(setup, loop.to_global(setup, example))
   with jax.set_mesh(mesh):
     result = loop.evaluate(setup, eval_fn, state, FLAGS.max_batches)
+  if FLAGS.words_from:
+    result.update(_word_metrics(setup, state, config))
   print(json.dumps({"workdir": FLAGS.workdir, "step": step, "split": config.data.eval_split, **result},
                    indent=2))
+
+
+def _word_metrics(setup, state, config) -> dict[str, float]:
+  """Next-word metrics of the evaluated model on the words layout of --words_from."""
+  import importlib.util
+  from hnet.eval.words import next_word_metrics
+  from hnet.train import merge_model
+  if config.data.get("layout", "bytes") != "bytes":
+    raise SystemExit(f"--words_from is for byte-stream models (data.layout 'bytes'); this run "
+                     f"has layout {config.data.layout!r} and reports its own word metrics")
+  spec = importlib.util.spec_from_file_location("words_config", FLAGS.words_from)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  words_data = module.get_config().data
+  words_data.eval_split = config.data.eval_split
+  model = merge_model(setup.graphdef, state["params"])
+  metrics = next_word_metrics(model, words_data, split=config.data.eval_split,
+                              max_batches=FLAGS.max_batches)
+  return {f"words/{k}": v for k, v in metrics.items()}
 
 
 if __name__ == "__main__":
