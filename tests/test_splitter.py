@@ -5,7 +5,7 @@ import codecs
 import hypothesis.strategies as st
 import pytest
 import regex
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 
 from hnet.text import splitter
 from hnet.text.splitter import (WordStream, open_word_start, split, split_text,
@@ -84,9 +84,16 @@ sizes = st.sampled_from([4, 5, 7, 100])
 
 
 def _pending_tail(data: bytes) -> bytes:
+  """Trailing bytes that some continuation turns into one valid UTF-8 character."""
   decoder = codecs.getincrementaldecoder("utf-8")("surrogateescape")
   decoder.decode(data, final=False)
-  return decoder.getstate()[0]
+  tail = decoder.getstate()[0]
+  if tail:  # CPython also holds back surrogate prefixes (ED A0): never valid UTF-8
+    need = 2 if tail[0] < 0xE0 else 3 if tail[0] < 0xF0 else 4
+    rest = need - len(tail) - 1
+    if rest < 0 or not any(_decodes(tail + bytes([b]) + b"\x80" * rest) for b in range(0x80, 0xC0)):
+      return b""
+  return tail
 
 
 def _last_char_len(word: bytes, tail: bytes) -> int:
@@ -128,6 +135,8 @@ def test_prefix_stable_at_every_byte(data, size):
 
 @settings(max_examples=150, deadline=None)
 @given(any_input)
+@example(b"\xed\xa0")          # a surrogate prefix: CPython's decoder holds it back
+@example(b"ab\xed\xa0")
 def test_pending_tail_is_a_valid_prefix(data):
   """Bytes held open by rule 7 can still become one valid character."""
   tail = _pending_tail(data)
@@ -192,3 +201,11 @@ def test_throughput_reports_words_of_split():
   assert result["num_words"] == len(split(text)) == 14 * 200
   assert result["bytes_per_word"] == pytest.approx(len(text) / (14 * 200))
   assert result["mb_per_s"] > 0
+
+
+def test_surrogate_prefix_is_not_held_open():
+  """ED A0.. starts a UTF-16 surrogate, never valid UTF-8: its bytes are invalid bytes
+  at once, so splitting a longer input keeps the same words (strict prefix form)."""
+  assert split(b"ab\xed\xa0") == [b"ab", b"\xed", b"\xa0"]
+  assert split(b"ab\xed\xa0\x80")[:3] == split(b"ab\xed\xa0")
+  assert split(b"ab\xe2\x82") == [b"ab\xe2\x82"]  # a real incomplete character stays open

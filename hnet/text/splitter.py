@@ -88,12 +88,32 @@ WORD_PATTERN = regex.compile(
     + r"|\p{White_Space}++|" + _INVALID, flags=regex.VERSION1)
 
 
+def _completable(tail: bytes) -> bool:
+  """True iff some continuation bytes make `tail` one valid UTF-8 character. (CPython's
+  incremental decoder also holds back surrogate prefixes such as ED A0, which no
+  continuation makes valid UTF-8.)"""
+  need = 2 if tail[0] < 0xE0 else 3 if tail[0] < 0xF0 else 4
+  rest = need - len(tail) - 1
+  return rest >= 0 and any(_strict_decodes(tail + bytes([b]) + b"\x80" * rest)
+                           for b in range(0x80, 0xC0))
+
+
+def _strict_decodes(data: bytes) -> bool:
+  try:
+    data.decode("utf-8")
+    return True
+  except UnicodeDecodeError:
+    return False
+
+
 def _decode(data: bytes) -> tuple[str, bytes]:
   """-> (text of the complete part, incomplete-but-valid-so-far trailing bytes)."""
   if data and data[-1] >= 0x80:
     decoder = codecs.getincrementaldecoder("utf-8")("surrogateescape")
     text = decoder.decode(data, final=False)
-    return text, decoder.getstate()[0]
+    tail = decoder.getstate()[0]
+    if not tail or _completable(tail):
+      return text, tail
   return data.decode("utf-8", "surrogateescape"), b""
 
 

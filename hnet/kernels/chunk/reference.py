@@ -57,6 +57,7 @@ def take_rows(x: jax.Array, index: jax.Array, *, in_bounds: bool = False) -> jax
   indexed rows, zeros for none. No gradient rule of its own (see gather_rows_reference).
   in_bounds: the caller promises every index is in [0, N - 1] (no masking).
   """
+  x, index = jnp.asarray(x), jnp.asarray(index)  # host arrays too (eager callers)
   batch, num_rows = x.shape[:2]
   rows = x.reshape(batch * num_rows, -1)  # [B * N, F]
   flat = _flat_index(index, num_rows)  # [B * M]
