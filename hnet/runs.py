@@ -16,6 +16,15 @@ from hnet import checkpoint, sharding
 from hnet.train import make_setup, merge_model
 
 
+def run_names(workdirs: list[str], names: list[str]) -> list[str]:
+  """A label per run directory: `names` if given (one each), else each directory's name."""
+  if not workdirs:
+    raise ValueError("give --workdirs=run1,run2,...")
+  if names and len(names) != len(workdirs):
+    raise ValueError("--names needs one label per --workdirs entry")
+  return list(names) or [os.path.basename(os.path.normpath(w)) for w in workdirs]
+
+
 def load_config(workdir: str) -> ml_collections.ConfigDict:
   path = os.path.join(workdir, "config.json")
   if not os.path.exists(path):

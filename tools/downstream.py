@@ -41,10 +41,11 @@ FLAGS = flags.FLAGS
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments {argv[1:]}")
-  if not FLAGS.workdirs:
-    raise app.UsageError("give --workdirs=run1,run2,...")
-  if FLAGS.names and len(FLAGS.names) != len(FLAGS.workdirs):
-    raise app.UsageError("--names needs one label per --workdirs entry")
+  from hnet.runs import run_names
+  try:
+    names = run_names(FLAGS.workdirs, FLAGS.names)
+  except ValueError as e:
+    raise app.UsageError(str(e)) from None
   import jax
   from tqdm.auto import tqdm
   from hnet.eval import probe
@@ -69,8 +70,7 @@ def main(argv):
                           "batch_size": FLAGS.batch_size, "timing_repeats": FLAGS.timing_repeats,
                           "jax_backend": jax.default_backend(), "device": str(jax.devices()[0])},
              "byte_histogram": probe.histogram_baseline(data, **fit), "models": []}
-  for i, workdir in enumerate(tqdm(FLAGS.workdirs, desc="models", unit="model")):
-    name = FLAGS.names[i] if FLAGS.names else os.path.basename(os.path.normpath(workdir))
+  for workdir, name in zip(tqdm(FLAGS.workdirs, desc="models", unit="model"), names):
     model, config, step = load_model(workdir, None if FLAGS.step < 0 else FLAGS.step)
     started = time.perf_counter()
     result = probe.evaluate_encoder(model, config, data, batch_size=FLAGS.batch_size,

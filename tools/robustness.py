@@ -71,10 +71,11 @@ def _previous_results(settings: dict) -> dict:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments {argv[1:]}")
-  if not FLAGS.workdirs:
-    raise app.UsageError("give --workdirs=run1,run2,...")
-  if FLAGS.names and len(FLAGS.names) != len(FLAGS.workdirs):
-    raise app.UsageError("--names needs one label per --workdirs entry")
+  from hnet.runs import run_names
+  try:
+    names = run_names(FLAGS.workdirs, FLAGS.names)
+  except ValueError as e:
+    raise app.UsageError(str(e)) from None
   import jax
   from hnet.eval import robustness, tasks
   from hnet.runs import load_config
@@ -111,8 +112,7 @@ def main(argv):
                           "normalize": settings.normalize, "jax_backend": jax.default_backend()},
              "models": []}
   previous = _previous_results(results["settings"]) if FLAGS.reuse else {}
-  for i, workdir in enumerate(FLAGS.workdirs):
-    name = FLAGS.names[i] if FLAGS.names else os.path.basename(os.path.normpath(workdir))
+  for workdir, name in zip(FLAGS.workdirs, names):
     model, config, step = _load(workdir)
     kept = previous.get((name, workdir, step))
     if kept is not None:
