@@ -52,7 +52,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.train.b1 = 0.9
   c.train.b2 = 0.95
   c.train.grad_clip = 1.0        # global-norm clipping (0 = off)
-  # Per-parameter-group lr multipliers: a path regex -> multiplier (first match wins).
+  # Per-parameter-group lr multipliers: a path regex -> multiplier (the longest matching pattern wins).
   c.train.lr_multipliers = ml_collections.ConfigDict()
   c.train.log_every = 25
   c.train.eval_every = 250

@@ -33,8 +33,11 @@ def path_string(path) -> str:
 
 
 def lr_multiplier_tree(params: Any, multipliers: Mapping[str, float]) -> Any:
-  """Per-leaf multiplier: the first regex in `multipliers` that matches the path wins."""
-  rules = [(re.compile(pattern), float(value)) for pattern, value in multipliers.items()]
+  """Per-leaf multiplier: of the regexes in `multipliers` that match the path, the longest
+  (the most specific) wins, so `{"^stages/0/": 2.6, "^stages/0/router/": 0.3}` gives the
+  router 0.3 whatever the order (a ConfigDict iterates its keys sorted); 1.0 if none."""
+  rules = sorted(((re.compile(pattern), float(value)) for pattern, value in multipliers.items()),
+                 key=lambda rule: -len(rule[0].pattern))
 
   def pick(path, _):
     name = path_string(path)

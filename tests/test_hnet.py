@@ -172,6 +172,12 @@ def test_lr_multipliers_cover_every_parameter():
   assert flat["stages/1/encoder/layers/0/attn/query/kernel"] == pytest.approx(rules["^stages/1/"])
   assert flat["embed/embedding"] == flat["stages/0/router/query"] == pytest.approx(rules["^stages/0/"])
   assert flat["stages/2/main/norm/scale"] == pytest.approx(rules["^stages/2/"])
+  # a more specific rule wins whatever the (sorted) key order of the ConfigDict
+  cfg.train.lr_multipliers["^stages/0/router/"] = 0.125
+  flat = {path_string(p): v for p, v in jax.tree_util.tree_flatten_with_path(
+      lr_multiplier_tree(params, dict(cfg.train.lr_multipliers)))[0]}
+  assert flat["stages/0/router/query"] == 0.125
+  assert flat["stages/0/encoder/layers/0/mixer/in_proj/kernel"] == pytest.approx(rules["^stages/0/"])
 
 
 def test_init_scales():
