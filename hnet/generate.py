@@ -1,12 +1,33 @@
 """Batched sampling over the shared decode_step interface (every family).
 
-Prompts may have different lengths: at step t a row feeds its own prompt byte while
+Prompts may have different lengths: at step t a row feeds its own prompt id while
 t < len(prompt) and its previous sample afterwards, so one cache serves the batch.
-The whole loop is one jitted lax.scan.
+The whole loop is one jitted lax.scan (`_scan`), shared by both entry points:
+
+  generate(model, prompts, ...)             decoder-only families: BOS + prompt bytes,
+                                            continued.
+  generate_from_source(model, sources, ...) encoder-decoders (MrT5 / ByT5): each source
+                                            is encoded (soft deletion, or hard deletion
+                                            with `hard_deletion=True`), then the decoder
+                                            samples from BOS over that memory.
+
+Sources are laid out as the training rows of hnet/data/span_corruption.py:
+  objective "prefix_lm": encoder = the source bytes (no BOS, no EOS; an empty source is
+    the single id EOS, as hnet/eval/scoring.py does), decoder = BOS, then the
+    continuation. The result is the continuation of the source.
+  objective "span_corruption": the source marks each missing span with SPAN_MARKER
+    ("<X>"); the j-th marker becomes sentinel 259 + j % 5 and the encoder input ends
+    with EOS. The decoder is fed BOS and the first sentinel (every training target starts
+    with it) and emits "span 0, sentinel 1, span 1, ..., EOS"; sentinels may be sampled.
+    The result renders each sentinel as SPAN_MARKER ("<X>span 0<X>span 1");
+    `fill_spans(source, result)` puts the spans back into the source.
+Sources of different lengths share a batch: padding has segment id 0, which neither
+the encoder nor the decoder's cross-attention attends to.
 """
 from __future__ import annotations
 
-from typing import Sequence
+import dataclasses
+from typing import Any, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -14,13 +35,24 @@ import numpy as np
 from flax import nnx
 
 from hnet import bytes as hbytes
+from hnet.data import span_corruption as spans
+
+SPAN_MARKER = b"<X>"
+OBJECTIVES = spans.OBJECTIVES  # ("span_corruption", "prefix_lm")
+SENTINEL_IDS = tuple(range(spans.SENTINEL_BASE, spans.SENTINEL_BASE + spans.NUM_SENTINELS))
 
 
-def filter_logits(logits: jax.Array, *, temperature: float, top_k: int, top_p: float) -> jax.Array:
-  """logits [B, V] -> scaled logits with everything outside top-k / nucleus set to -inf."""
+def filter_logits(logits: jax.Array, *, temperature: float, top_k: int, top_p: float,
+                  extra_ids: Sequence[int] = ()) -> jax.Array:
+  """logits [B, V] -> scaled logits with everything outside top-k / nucleus set to -inf.
+
+  Special ids (>= 256) are never sampled, except EOS and `extra_ids` (sentinels)."""
   logits = logits.astype(jnp.float32) / max(temperature, 1e-6)
-  is_special = jnp.arange(logits.shape[-1]) >= hbytes.NUM_BYTES
-  logits = jnp.where(is_special & (jnp.arange(logits.shape[-1]) != hbytes.EOS_ID), -jnp.inf, logits)
+  vocab = jnp.arange(logits.shape[-1])
+  allowed = (vocab < hbytes.NUM_BYTES) | (vocab == hbytes.EOS_ID)
+  for token in extra_ids:
+    allowed |= vocab == token
+  logits = jnp.where(allowed, logits, -jnp.inf)
   if top_k > 0:
     kth = jnp.sort(logits, axis=-1)[:, -top_k][:, None]
     logits = jnp.where(logits < kth, -jnp.inf, logits)
@@ -34,42 +66,185 @@ def filter_logits(logits: jax.Array, *, temperature: float, top_k: int, top_p: f
   return logits
 
 
+# --------------------------------------------------------------------------- shared loop
+
+@dataclasses.dataclass(frozen=True)
+class Sampling:
+  """Sampling options (Python values, fixed while the loop is traced)."""
+  temperature: float = 1.0  # 0 = greedy
+  top_k: int = 0
+  top_p: float = 1.0
+  extra_ids: tuple[int, ...] = ()  # special ids that may be sampled besides EOS
+
+  def pick(self, logits: jax.Array, key: jax.Array) -> jax.Array:
+    """logits [B, V] -> sampled ids [B] int32."""
+    if self.temperature == 0:
+      filtered = filter_logits(logits, temperature=1.0, top_k=0, top_p=1.0,
+                               extra_ids=self.extra_ids)
+      return jnp.argmax(filtered, axis=-1).astype(jnp.int32)
+    filtered = filter_logits(logits, temperature=self.temperature, top_k=self.top_k,
+                             top_p=self.top_p, extra_ids=self.extra_ids)
+    return jax.random.categorical(key, filtered).astype(jnp.int32)
+
+
+def _scan(model: nnx.Module, encoded: dict | None, prompt: jax.Array, lengths: jax.Array,
+          key: jax.Array, sampling: Sampling) -> jax.Array:
+  """The loop (traced): prompt [B, T] (PAD after each row's lengths[b] ids), encoded
+  memory (or None) -> [B, T]: out[:, t] is the id that followed position t (fed or sampled)."""
+  B, T = prompt.shape
+  cache = model.init_cache(B, T) if encoded is None else model.init_cache(B, T, encoded)
+
+  def step(carry, t):
+    cache, previous, key = carry
+    fed = jnp.where(t < lengths, prompt[:, t], previous)
+    logits, cache = model.decode_step(cache, fed)
+    key, sub = jax.random.split(key)
+    return (cache, sampling.pick(logits, sub), key), fed
+
+  init = (cache, jnp.zeros(B, jnp.int32), key)
+  (_, last, _), fed = jax.lax.scan(step, init, jnp.arange(T))
+  return jnp.concatenate([fed.T[:, 1:], last[:, None]], axis=1)
+
+
+def _sample_ids(model: nnx.Module, prompts: Sequence[np.ndarray], *, max_new_bytes: int,
+                seed: int, sampling: Sampling, encoded: dict | None = None) -> list[np.ndarray]:
+  """Id prompts (each >= 1 id) -> the sampled ids of each row, EOS and after cut off."""
+  lengths = np.array([len(x) for x in prompts], np.int32)
+  prompt = np.full((len(prompts), int(lengths.max()) + max_new_bytes), hbytes.PAD_ID, np.int32)
+  for row, x in enumerate(prompts):
+    prompt[row, :len(x)] = x
+  graphdef, state = nnx.split(model)  # a graphdef need not be hashable: closed over
+
+  @jax.jit
+  def run(state, encoded, prompt, lengths, key):
+    return _scan(nnx.merge(graphdef, state), encoded, prompt, lengths, key, sampling)
+
+  out = np.asarray(run(state, encoded, prompt, lengths, jax.random.key(seed)))
+  results = []
+  for row, n in enumerate(lengths):
+    new = out[row, n - 1:n - 1 + max_new_bytes]
+    stop = np.flatnonzero(new == hbytes.EOS_ID)
+    results.append(new[:stop[0]] if stop.size else new)
+  return results
+
+
+# --------------------------------------------------------------------------- decoder-only
+
 def generate(model: nnx.Module, prompts: Sequence[bytes], *, max_new_bytes: int, seed: int = 0,
              temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0) -> list[bytes]:
   """Continues each prompt by up to `max_new_bytes` bytes (greedy when temperature == 0)."""
   ids = [hbytes.encode(p, add_bos=True) for p in prompts]
-  lengths = np.array([len(x) for x in ids], np.int32)
-  total = int(lengths.max()) + max_new_bytes
-  prompt = np.full((len(ids), total), hbytes.PAD_ID, np.int32)
-  for row, x in enumerate(ids):
-    prompt[row, :len(x)] = x
-  graphdef, state = nnx.split(model)
+  sampled = _sample_ids(model, ids, max_new_bytes=max_new_bytes, seed=seed,
+                        sampling=Sampling(temperature, top_k, top_p))
+  return [hbytes.decode_bytes(x) for x in sampled]
 
-  @jax.jit
-  def run(state, prompt, lengths, key):
-    model = nnx.merge(graphdef, state)
-    cache = model.init_cache(prompt.shape[0], prompt.shape[1])
 
-    def step(carry, t):
-      cache, previous, key = carry
-      fed = jnp.where(t < lengths, prompt[:, t], previous)
-      logits, cache = model.decode_step(cache, fed)
-      key, sub = jax.random.split(key)
-      if temperature == 0:
-        sample = jnp.argmax(filter_logits(logits, temperature=1.0, top_k=0, top_p=1.0), axis=-1)
-      else:
-        sample = jax.random.categorical(
-            sub, filter_logits(logits, temperature=temperature, top_k=top_k, top_p=top_p))
-      return (cache, sample.astype(jnp.int32), key), fed
+# --------------------------------------------------------------------------- encoder-decoder
 
-    init = (cache, jnp.zeros(prompt.shape[0], jnp.int32), key)
-    (_, last, _), fed = jax.lax.scan(step, init, jnp.arange(prompt.shape[1]))
-    return jnp.concatenate([fed.T[:, 1:], last[:, None]], axis=1)  # [B, total]
+def source_ids(source: bytes, objective: str = "prefix_lm",
+               marker: bytes = SPAN_MARKER) -> np.ndarray:
+  """One source -> its encoder ids [n], as the training rows of `objective` have them."""
+  if objective == "prefix_lm":
+    ids = hbytes.encode(source)
+    return ids if len(ids) else np.array([hbytes.EOS_ID], np.int32)
+  if objective != "span_corruption":
+    raise ValueError(f"objective {objective!r} not in {OBJECTIVES}")
+  parts = bytes(source).split(marker)
+  if len(parts) < 2:
+    raise ValueError(f"a span_corruption source marks each missing span with {marker!r}; "
+                     f"{source[:40]!r} has none")
+  pieces = [hbytes.encode(parts[0])]
+  for j, part in enumerate(parts[1:]):
+    pieces += [np.asarray([spans.sentinel_id(j)], np.int32), hbytes.encode(part)]
+  return np.concatenate(pieces + [np.array([hbytes.EOS_ID], np.int32)]).astype(np.int32)
 
-  out = np.asarray(run(state, prompt, lengths, jax.random.key(seed)))
-  results = []
-  for row, n in enumerate(lengths):
-    continuation = out[row, n - 1:n - 1 + max_new_bytes]
-    stop = np.flatnonzero(continuation == hbytes.EOS_ID)
-    results.append(hbytes.decode_bytes(continuation[:stop[0]] if stop.size else continuation))
-  return results
+
+def source_batch(encoder_ids: Sequence[np.ndarray]) -> dict[str, np.ndarray]:
+  """Encoder ids of each row -> encoder_inputs / encoder_segment_ids / encoder_positions
+  [B, max n] (one document per row: segment 1, positions 0..n-1; padding: PAD, 0, 0)."""
+  length = max(len(x) for x in encoder_ids)
+  batch = {"encoder_inputs": np.full((len(encoder_ids), length), hbytes.PAD_ID, np.int32),
+           "encoder_segment_ids": np.zeros((len(encoder_ids), length), np.int32),
+           "encoder_positions": np.zeros((len(encoder_ids), length), np.int32)}
+  for row, x in enumerate(encoder_ids):
+    batch["encoder_inputs"][row, :len(x)] = x
+    batch["encoder_segment_ids"][row, :len(x)] = 1
+    batch["encoder_positions"][row, :len(x)] = np.arange(len(x))
+  return batch
+
+
+_encode_soft = nnx.jit(lambda model, batch: model.encode(batch))
+
+
+def encode_sources(model: nnx.Module, batch: dict[str, np.ndarray],
+                   hard_deletion: bool = False) -> dict[str, Any]:
+  """Encoder batch [B, L] -> {"hidden" [B, C, D], "segment_ids" [B, C], "gate" [B, C] |
+  None}: C = L (soft deletion) or the hard-deletion capacity bucket (mrt5.encode_hard)."""
+  if hard_deletion:
+    from hnet.models import mrt5  # pylint: disable=g-import-not-at-top
+    encoded = mrt5.encode_hard(model, batch)
+  else:
+    encoded = _encode_soft(model, batch)
+  return {k: encoded[k] for k in ("hidden", "segment_ids", "gate")}
+
+
+def deletion_ratios(model: nnx.Module, encoded: dict[str, Any],
+                    batch: dict[str, np.ndarray]) -> np.ndarray | None:
+  """Per row: the fraction of its encoder positions the gate deletes (G < k/2, what hard
+  deletion drops; the same number for soft and hard encodings) [B]; None without a gate."""
+  if encoded["gate"] is None:
+    return None
+  gate, segment_ids = np.asarray(encoded["gate"]), np.asarray(encoded["segment_ids"])
+  kept = np.sum((segment_ids > 0) & (gate >= model.gate_k / 2), axis=1)
+  real = np.sum(batch["encoder_segment_ids"] > 0, axis=1)
+  return 1.0 - kept / np.maximum(real, 1)
+
+
+def _render(ids: np.ndarray, marker: bytes) -> bytes:
+  """Decoder ids -> bytes, each sentinel as `marker`, other special ids dropped."""
+  return b"".join(marker if int(t) in SENTINEL_IDS else bytes([int(t)])
+                  for t in ids if t < hbytes.NUM_BYTES or int(t) in SENTINEL_IDS)
+
+
+def fill_spans(source: bytes, output: bytes, marker: bytes = SPAN_MARKER) -> bytes:
+  """A span_corruption source and its result ("<X>span 0<X>span 1") -> the source with
+  the j-th marker replaced by span j (pairing by order, as span_corruption.uncorrupt);
+  markers without a sampled span stay."""
+  parts = bytes(source).split(marker)
+  filled = output.split(marker)[1:]
+  out = [parts[0]]
+  for j, part in enumerate(parts[1:]):
+    out += [filled[j] if j < len(filled) else marker, part]
+  return b"".join(out)
+
+
+class SourceSamples(NamedTuple):
+  texts: list[bytes]                    # per source: continuation / spans (module docstring)
+  deletion_ratios: np.ndarray | None    # [B] per source (None: no delete gate, ByT5)
+  memory_slots: int                     # encoder slots the decoder attends over (C)
+
+
+def generate_from_source(model: nnx.Module, sources: Sequence[bytes], *, max_new_bytes: int,
+                         objective: str = "prefix_lm", hard_deletion: bool = False,
+                         seed: int = 0, temperature: float = 1.0, top_k: int = 0,
+                         top_p: float = 1.0, marker: bytes = SPAN_MARKER) -> SourceSamples:
+  """Encoder-decoder sampling: each source is encoded, the decoder samples up to
+  `max_new_bytes` ids from BOS (+ the first sentinel for span_corruption) until EOS."""
+  encoder_ids = [source_ids(s, objective, marker) for s in sources]
+  batch = source_batch(encoder_ids)
+  encoded = encode_sources(model, batch, hard_deletion)
+  if objective == "span_corruption":
+    first = int(spans.sentinel_id(0))
+    prompts = [np.array([hbytes.BOS_ID, first], np.int32)] * len(sources)
+    sampling = Sampling(temperature, top_k, top_p, extra_ids=SENTINEL_IDS)
+  else:
+    first = None
+    prompts = [np.array([hbytes.BOS_ID], np.int32)] * len(sources)
+    sampling = Sampling(temperature, top_k, top_p)
+  sampled = _sample_ids(model, prompts, max_new_bytes=max_new_bytes, seed=seed,
+                        sampling=sampling, encoded=encoded)
+  if first is not None:
+    sampled = [np.concatenate([[first], x]) for x in sampled]
+  return SourceSamples([_render(x, marker) for x in sampled],
+                       deletion_ratios(model, encoded, batch),
+                       int(encoded["segment_ids"].shape[1]))

@@ -8,6 +8,7 @@ from flax import nnx
 
 from configs import byt5_small, mrt5_tiny
 from hnet import bytes as hbytes
+from hnet import generate as hgenerate
 from hnet import testing
 from hnet.layers.relative_position import relative_position_bucket
 from hnet.layers.attention import softmax1
@@ -296,6 +297,95 @@ def test_cached_decoding_matches_forward(name, hard):
                                err_msg=f"cached logits differ at step {t}")
   with pytest.raises(ValueError, match="encoder-decoder"):
     model.init_cache(2, 9)
+
+
+# ------------------------------------------------------------------ sampling from a source
+
+def greedy_by_forward(model, encoder_ids, prompt, steps, extra_ids=()):
+  """Reference greedy decoder: the full teacher-forced forward pass on the prefix sampled
+  so far (padded to one shape), argmax at its last position; stops at EOS."""
+  batch = hgenerate.source_batch([encoder_ids])
+  length = len(prompt) + steps
+  ids = list(prompt)
+  for _ in range(steps):
+    real = (np.arange(length) < len(ids)).astype(np.int32)[None]
+    decoder_inputs = np.full((1, length), hbytes.PAD_ID, np.int32)
+    decoder_inputs[0, :len(ids)] = ids
+    logits = forward(model, {**batch, "decoder_inputs": decoder_inputs, "segment_ids": real,
+                             "positions": np.arange(length, dtype=np.int32)[None] * real}).logits
+    filtered = hgenerate.filter_logits(logits[:, len(ids) - 1], temperature=1.0, top_k=0,
+                                       top_p=1.0, extra_ids=extra_ids)
+    token = int(jnp.argmax(filtered[0]))
+    if token == hbytes.EOS_ID:
+      break
+    ids.append(token)
+  return np.asarray(ids[len(prompt):], np.int32)
+
+
+def test_span_corruption_source_layout():
+  ids = hgenerate.source_ids(b"ab<X>cd<X>", "span_corruption")
+  np.testing.assert_array_equal(ids, [97, 98, 259, 99, 100, 260, hbytes.EOS_ID])
+  np.testing.assert_array_equal(hgenerate.source_ids(b"ab"), [97, 98])  # prefix_lm: no EOS
+  np.testing.assert_array_equal(hgenerate.source_ids(b""), [hbytes.EOS_ID])
+  with pytest.raises(ValueError, match="marks each missing span"):
+    hgenerate.source_ids(b"no marker", "span_corruption")
+  assert hgenerate.fill_spans(b"ab<X>cd<X>", b"<X>12<X>3") == b"ab12cd3"
+  assert hgenerate.fill_spans(b"ab<X>cd<X>", b"<X>12") == b"ab12cd<X>"
+
+
+@pytest.mark.parametrize("objective", ["prefix_lm", "span_corruption"])
+def test_greedy_from_source_matches_forward(objective):
+  model = make_model()
+  spread_gate(model, scale=3.0)  # soft gate values of all sizes
+  source = b"To be, or not" if objective == "prefix_lm" else b"To <X>, or not<X>"
+  out = hgenerate.generate_from_source(model, [source], max_new_bytes=8, objective=objective,
+                                       temperature=0.0)
+  if objective == "prefix_lm":
+    want = greedy_by_forward(model, hgenerate.source_ids(source), [hbytes.BOS_ID], 8)
+    assert out.texts[0] == hbytes.decode_bytes(want)
+  else:
+    first = int(hgenerate.SENTINEL_IDS[0])
+    want = greedy_by_forward(model, hgenerate.source_ids(source, objective),
+                             [hbytes.BOS_ID, first], 8, extra_ids=hgenerate.SENTINEL_IDS)
+    assert out.texts[0] == hgenerate._render(np.concatenate([[first], want]), b"<X>")
+    assert out.texts[0].startswith(b"<X>")
+  assert len(want) > 0
+  assert out.deletion_ratios.shape == (1,)
+
+
+@pytest.mark.parametrize("hard", [False, True])
+def test_source_batch_rows_match_alone(hard):
+  model = make_model()
+  spread_gate(model)  # about half deleted: hard deletion really compacts
+  sources = [b"To be, or not to be, that is", b"ROMEO:"]
+  both = hgenerate.generate_from_source(model, sources, max_new_bytes=6, temperature=0.0,
+                                        hard_deletion=hard)
+  for row, source in enumerate(sources):
+    alone = hgenerate.generate_from_source(model, [source], max_new_bytes=6, temperature=0.0,
+                                           hard_deletion=hard)
+    assert both.texts[row] == alone.texts[0]
+    np.testing.assert_allclose(both.deletion_ratios[row], alone.deletion_ratios[0])
+  assert 0.0 < both.deletion_ratios[0] < 1.0
+  if hard:
+    assert both.memory_slots < len(sources[0])
+
+
+def test_hard_deletion_keeping_everything_equals_soft():
+  model = make_model()
+  model.gate.bias[...] = jnp.float32(-1e30)  # G = -0: nothing deleted
+  sources = [b"To be, or not to be", b"ab"]
+  options = dict(max_new_bytes=6, temperature=0.8, top_k=20, seed=3)  # sampled, same keys
+  soft = hgenerate.generate_from_source(model, sources, **options)
+  hard = hgenerate.generate_from_source(model, sources, hard_deletion=True, **options)
+  assert hard.texts == soft.texts
+  assert hard.memory_slots == soft.memory_slots == len(sources[0])
+  np.testing.assert_array_equal(hard.deletion_ratios, [0.0, 0.0])
+
+
+def test_byt5_samples_from_source_without_ratios():
+  out = hgenerate.generate_from_source(make_model("byt5"), [b"abc", b"de"], max_new_bytes=4,
+                                       hard_deletion=True, temperature=0.0)
+  assert len(out.texts) == 2 and out.deletion_ratios is None and out.memory_slots == 3
 
 
 # ------------------------------------------------------------------ training
