@@ -155,6 +155,24 @@ def block_decode_rows(block: TransformerBlock, x: jax.Array, cache: dict[str, ja
   return x + block.mlp(block.mlp_norm(x)), {"k": k_all, "v": v_all}
 
 
+def finish_words(finish_word, state: dict[str, Any], finished_lengths: jax.Array | None,
+                 model_name: str) -> tuple[dict[str, Any], jax.Array]:
+  """Runs finish_word(state, offset [B], length [B]) -> state for each of the M words
+  this byte finished (finished_lengths [B, M], 0 = none; skipped when no row finished
+  one) -> (state, offset [B]: the bytes finished in each row, to drop from its buffer)."""
+  if finished_lengths is None:
+    raise ValueError(f"{model_name}.decode_step needs finished_lengths [B, M]: the byte "
+                     "lengths of the words that this byte finished (hat.WordBoundaryTracker "
+                     "computes them)")
+  offset = jnp.zeros(finished_lengths.shape[:1], jnp.int32)
+  for m in range(finished_lengths.shape[1]):
+    length = finished_lengths[:, m].astype(jnp.int32)
+    state = jax.lax.cond(jnp.any(length > 0), finish_word, lambda s, o, n: s,
+                         state, offset, length)
+    offset = offset + length
+  return state, offset
+
+
 def backbone_advance(backbone, word_vector: jax.Array, cache: dict[str, Any],
                      active: jax.Array) -> dict[str, Any]:
   """Runs the word backbone on one new word per row (word_vector [B, 1, D]) and commits
@@ -263,11 +281,7 @@ class HAT(nnx.Module):
   def decode_step(self, cache: dict[str, Any], ids: jax.Array, finished_lengths: jax.Array | None = None
                   ) -> tuple[jax.Array, dict[str, Any]]:
     """ids [B], finished_lengths [B, M] (see the module docstring) -> logits [B, V], cache."""
-    if finished_lengths is None:
-      raise ValueError("HAT.decode_step needs finished_lengths [B, M]: the byte lengths of the "
-                       "words that this byte finished (WordBoundaryTracker computes them)")
     index = cache["index"]
-    B = ids.shape[0]
     x = self.embed(ids[:, None])                                                   # [B, 1, De]
     enc_caches = []
     for layer, layer_cache in zip(self.encoder, cache["encoder"]):
@@ -279,12 +293,7 @@ class HAT(nnx.Module):
     buffer_pos = jnp.where(here, index, cache["buffer_pos"])
     state = {**cache, "encoder": enc_caches, "buffer": buffer, "buffer_pos": buffer_pos,
              "fill": cache["fill"] + 1}
-    offset = jnp.zeros((B,), jnp.int32)
-    for m in range(finished_lengths.shape[1]):
-      length = finished_lengths[:, m].astype(jnp.int32)
-      state = jax.lax.cond(jnp.any(length > 0), self._finish_word, lambda s, o, n: s,
-                           state, offset, length)
-      offset = offset + length
+    state, offset = finish_words(self._finish_word, state, finished_lengths, "HAT")
     # Drop the finished bytes from the front of each row's buffer.
     idx = jnp.clip(offset[:, None] + jnp.arange(Lbuf)[None], 0, Lbuf - 1)
     state["buffer"] = jnp.take_along_axis(state["buffer"], idx[..., None], axis=1)

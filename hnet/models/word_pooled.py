@@ -58,7 +58,7 @@ from hnet.layers.norm import RMSNorm
 from hnet.layers.pooling import make_pooling, words_to_stream
 from hnet.layers.transformer_block import TransformerBlock
 from hnet.models import hat
-from hnet.models.hat import backbone_advance, shift_words, word_metrics
+from hnet.models.hat import backbone_advance, finish_words, shift_words, word_metrics
 from hnet.models.output import ModelOutput
 from hnet.sharding import shard
 
@@ -180,19 +180,12 @@ class WordPooledLM(nnx.Module):
   def decode_step(self, cache: dict[str, Any], ids: jax.Array, finished_lengths: jax.Array | None = None
                   ) -> tuple[jax.Array, dict[str, Any]]:
     """ids [B], finished_lengths [B, M] (hat.WordBoundaryTracker) -> logits [B, V], cache."""
-    if finished_lengths is None:
-      raise ValueError("decode_step needs finished_lengths [B, M]: the byte lengths of the "
-                       "words that this byte finished (hat.WordBoundaryTracker computes them)")
-    B, Lbuf, Lw = ids.shape[0], cache["open_ids"].shape[1], self.max_word_len
+    Lbuf, Lw = cache["open_ids"].shape[1], self.max_word_len
     here = jnp.arange(Lbuf)[None] == cache["fill"][:, None]                       # [B, Lbuf]
     state = {**cache, "open_ids": jnp.where(here, ids[:, None], cache["open_ids"]),
              "fill": cache["fill"] + 1}
-    offset = jnp.zeros((B,), jnp.int32)
-    for m in range(finished_lengths.shape[1]):
-      length = finished_lengths[:, m].astype(jnp.int32)
-      state = jax.lax.cond(jnp.any(length > 0), self._finish_word, lambda s, o, n: s,
-                           state, offset, length)
-      offset = offset + length
+    state, offset = finish_words(self._finish_word, state, finished_lengths,
+                                 type(self).__name__)
     # Drop the finished bytes from the front of each row's open bytes.
     idx = offset[:, None] + jnp.arange(Lbuf)[None]
     open_ids = jnp.take_along_axis(state["open_ids"], jnp.clip(idx, 0, Lbuf - 1), axis=1)
