@@ -224,6 +224,8 @@ def test_controller_update_formula():
   clipped = mrt5.controller_update(mrt5.controller_init(), 0.9, target_ratio=0.5,
                                    two_sided=False)
   assert float(clipped["alpha"]) == 0.0  # the paper's alpha = max(0, p + i)
+  gentle = mrt5.controller_update(mrt5.controller_init(), 0.1, target_ratio=0.5, k_i=0.0, k_p=0.005)
+  np.testing.assert_allclose(gentle["alpha"], 0.005 * 0.4, rtol=1e-6)
 
 
 def test_controller_moves_deletion_ratio_to_target():

@@ -81,8 +81,9 @@ def controller_init() -> dict[str, jax.Array]:
 
 
 def controller_update(state: dict[str, jax.Array], measured_ratio, target_ratio: float = 0.5,
-                      k_i: float = 1e-5, two_sided: bool = True) -> dict[str, jax.Array]:
-  """One PI step: e = target - measured; p <- 0.9 p + 0.05 e; i <- i + k_i e;
+                      k_i: float = 1e-5, two_sided: bool = True,
+                      k_p: float = 0.05) -> dict[str, jax.Array]:
+  """One PI step: e = target - measured; p <- 0.9 p + k_p e; i <- i + k_i e;
   alpha = p + i (two-sided, our default) or max(0, p + i) (the paper's). Pure, jit-able.
 
   Why two-sided: soft deletion adds G_i to attention logits, and a softmax does not
@@ -91,7 +92,7 @@ def controller_update(state: dict[str, jax.Array], measured_ratio, target_ratio:
   overshooting gate back (our tiny run drifted to 99.6% deleted); a negative alpha
   rewards keeping positions until the measured ratio is back at the target."""
   error = jnp.asarray(target_ratio, jnp.float32) - jnp.asarray(measured_ratio, jnp.float32)
-  p = 0.9 * state["p"] + 0.05 * error
+  p = 0.9 * state["p"] + k_p * error
   i = state["i"] + k_i * error
   alpha = p + i if two_sided else jnp.maximum(0.0, p + i)
   return {"p": p, "i": i, "alpha": alpha}
@@ -105,6 +106,7 @@ class Controller:
   def __init__(self, model_config):
     self.target_ratio = float(model_config.get("target_deletion_ratio", 0.5))
     self.k_i = float(model_config.get("controller_ki", 1e-5))
+    self.k_p = float(model_config.get("controller_kp", 0.05))
     self.two_sided = bool(model_config.get("controller_two_sided", True))
     self.measure = model_config.get("controller_measure", "hard")
     if self.measure not in ("hard", "soft"):
@@ -129,7 +131,7 @@ class Controller:
       return extra
     if self.measure == "soft":  # mean G / k in [0, 1]: continuous in the gate logits
       ratio = metrics.get("model/gate_mean", metrics.get("gate_mean")) / self.gate_k
-    return controller_update(extra, ratio, self.target_ratio, self.k_i, self.two_sided)
+    return controller_update(extra, ratio, self.target_ratio, self.k_i, self.two_sided, self.k_p)
 
 
 # --------------------------------------------------------------------------- layers
