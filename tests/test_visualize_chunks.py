@@ -32,3 +32,24 @@ def test_word_starts_and_aligned_boundaries():
   assert inside["word_aligned_recall"] == 0.0
   np.testing.assert_allclose(inside["aligned_base_rate"], 4 / 8)  # bytes 2, 3, 6, 7 of 1..8
   np.testing.assert_allclose(inside["bytes_per_chunk"], 8 / 3)
+
+
+def test_cli_held_out_statistics_and_pictures(tmp_path, capsys):
+  """--held_out_bytes: statistics over N held-out bytes, pictures of the first --show_bytes."""
+  config = tmp_path / "tiny.py"
+  config.write_text(
+      "from configs import hnet_1stage_tiny\n"
+      "def get_config():\n"
+      "  c = hnet_1stage_tiny.get_config()\n"
+      "  m = c.model\n"
+      "  m.layout, m.d_model, m.num_heads, m.mlp_dim = '[m1, T1, m1]', [32, 48], [2, 4], [0, 64]\n"
+      "  m.d_state, m.headdim, m.ssd_chunk_size = 8, 16, 8\n"
+      "  return c\n")
+  sys.path.insert(0, os.path.dirname(os.path.dirname(__file__)))
+  out = tmp_path / "chunks"
+  vc.main([f"--config={config}", "--held_out_bytes=1500", "--show_bytes=300", f"--out={out}"])
+  printed = capsys.readouterr().out
+  assert "1500 bytes" in printed and "boundary_word_aligned_fraction=" in printed
+  html = (tmp_path / "chunks.html").read_text()
+  assert html.count("<span") == 300  # one cell per shown byte (one stage)
+  assert (tmp_path / "chunks.png").stat().st_size > 1000

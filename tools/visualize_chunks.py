@@ -3,6 +3,9 @@
   python tools/visualize_chunks.py --workdir=runs/hnet_1stage_tiny --text="To be, or not to be" \
       --out=chunks            # writes chunks.html and chunks.png
   python tools/visualize_chunks.py --config=configs/hnet_1stage_tiny.py --text=...   # fresh init
+  python tools/visualize_chunks.py --workdir=runs/default --held_out_bytes=16000 --out=held_out
+      # the first 16,000 bytes of the run's held-out split (its documents joined by
+      # newlines): statistics over all of them, pictures of the first --show_bytes
 
 Also prints, per stage, how many boundaries fall at word starts vs the base rate of word
 starts among the bytes (`word_start_stats`). A word start is a byte at position t >= 1
@@ -66,6 +69,12 @@ def word_start_stats(data: bytes, boundary_mask: np.ndarray) -> dict[str, float]
           "aligned_base_rate": float(aligned.mean()) if aligned.size else 0.0,
           "word_aligned_recall": float(words_found[1:].sum()) / max(int(starts.sum()), 1),
           "bytes_per_chunk": float(len(mask)) / boundaries}
+
+
+def held_out_text(config, num_bytes: int) -> bytes:
+  """The first `num_bytes` bytes of the run's held-out documents, joined by newlines."""
+  from hnet.eval.robustness import held_out_documents
+  return b"\n".join(held_out_documents(config, max_bytes=num_bytes))[:num_bytes]
 
 
 def load_params(workdir: str, step: int | None = None):
@@ -177,23 +186,31 @@ def main(argv=None) -> None:
   parser.add_argument("--step", type=int, default=None)
   parser.add_argument("--text", default=None)
   parser.add_argument("--text_file", default=None)
+  parser.add_argument("--held_out_bytes", type=int, default=0,
+                      help="use the first N bytes of the run's held-out split as the text")
+  parser.add_argument("--show_bytes", type=int, default=2048,
+                      help="bytes drawn in the HTML/PNG (statistics use the whole text)")
   parser.add_argument("--out", default="chunks", help="writes OUT.html and OUT.png")
   parser.add_argument("--width", type=int, default=64, help="bytes per line in the PNG")
   args = parser.parse_args(argv)
-  if args.text_file:
+  if args.workdir:
+    model, config, step = load_params(args.workdir, args.step)
+    title = f"{args.workdir} step {step}"
+  else:
+    model, config, step = fresh_model(args.config)
+    title = f"{args.config} (fresh init)"
+  if args.held_out_bytes > 0:
+    text = held_out_text(config, args.held_out_bytes)
+  elif args.text_file:
     with open(args.text_file, "rb") as f:
       text = f.read()
   else:
     text = args.text or "The quick brown fox jumps over the lazy dog.\nTo be, or not to be."
-  if args.workdir:
-    model, _, step = load_params(args.workdir, args.step)
-    title = f"{args.workdir} step {step}"
-  else:
-    model, _, step = fresh_model(args.config)
-    title = f"{args.config} (fresh init)"
   data, stages = chunk_boundaries(model, text)
-  write_html(args.out + ".html", data, stages, title)
-  write_png(args.out + ".png", data, stages, args.width, title)
+  shown = [{k: v[:args.show_bytes] for k, v in stage.items()} for stage in stages]
+  write_html(args.out + ".html", data[:args.show_bytes], shown, title)
+  write_png(args.out + ".png", data[:args.show_bytes], shown, args.width, title)
+  print(f"{len(data)} bytes")
   for s, stage in enumerate(stages):
     stats = word_start_stats(data, stage["boundary_mask"])
     print(f"stage {s}: " + ", ".join(f"{k}={v:.3f}" for k, v in stats.items()))
