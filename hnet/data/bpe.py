@@ -222,10 +222,9 @@ class PackedBPERows:
     self.num_bytes = sum(len(d) for d in documents)
     self._tokens = (np.concatenate(token_docs) if token_docs else np.zeros(0, np.int32))
     self._doc_lengths = np.array([len(t) for t in token_docs], np.int64)      # [D]
-    self._token_starts = np.concatenate([[0], np.cumsum(self._doc_lengths)])  # [D+1]
-    self._stream_starts = np.concatenate([[0], np.cumsum(self._doc_lengths + 2)])
-    self.stream_length = int(self._stream_starts[-1])
-    self._num_rows = 0 if self.stream_length < 2 else -(-(self.stream_length - 1) // seq_len)
+    self._layout = packing.StreamLayout(self._doc_lengths, self.seq_len)
+    self.stream_length = self._layout.stream_length
+    self._num_rows = self._layout.num_rows
 
   def __len__(self) -> int:
     return self._num_rows
@@ -236,21 +235,7 @@ class PackedBPERows:
 
   def row_stream(self, row: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """-> ids, segment_ids, positions of the L+1 stream entries of `row` (int32 [L+1])."""
-    if not 0 <= row < self._num_rows:
-      raise IndexError(f"row {row} out of range [0, {self._num_rows})")
-    index = row * self.seq_len + np.arange(self.seq_len + 1, dtype=np.int64)  # [L+1]
-    real = index < self.stream_length
-    index = np.minimum(index, self.stream_length - 1)
-    doc = np.searchsorted(self._stream_starts, index, side="right") - 1
-    pos = index - self._stream_starts[doc]                                     # 0 = BOS
-    n = self._doc_lengths[doc]
-    token_index = np.clip(self._token_starts[doc] + pos - 1, 0, max(len(self._tokens) - 1, 0))
-    body = self._tokens[token_index] if len(self._tokens) else np.zeros_like(pos)
-    ids = np.where(pos == 0, BOS_ID, np.where(pos == n + 1, EOS_ID, body))
-    ids = np.where(real, ids, PAD_ID).astype(np.int32)
-    segment_ids = np.where(real, doc - doc[0] + 1, 0).astype(np.int32)
-    positions = np.where(real, pos, 0).astype(np.int32)
-    return ids, segment_ids, positions
+    return self._layout.row(row, self._tokens, (BOS_ID, EOS_ID, PAD_ID))
 
   def __getitem__(self, row: int) -> dict[str, np.ndarray]:
     ids, segment_ids, positions = self.row_stream(int(row))

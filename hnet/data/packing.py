@@ -65,10 +65,9 @@ class PackedRows:
     self._data = np.frombuffer(b"".join(chunks), dtype=np.uint8)          # [total bytes]
     doc_lengths = np.asarray(lengths, dtype=np.int64)                     # [D]
     self._doc_lengths = doc_lengths
-    self._byte_starts = np.concatenate([[0], np.cumsum(doc_lengths)])     # [D+1]
-    self._stream_starts = np.concatenate([[0], np.cumsum(doc_lengths + 2)])  # [D+1]
-    self.stream_length = int(self._stream_starts[-1])                     # T
-    self._num_rows = 0 if self.stream_length < 2 else -(-(self.stream_length - 1) // self.seq_len)
+    self._layout = StreamLayout(doc_lengths, self.seq_len)
+    self.stream_length = self._layout.stream_length                       # T
+    self._num_rows = self._layout.num_rows
 
   @property
   def num_documents(self) -> int:
@@ -79,21 +78,7 @@ class PackedRows:
 
   def row_stream(self, row: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """-> ids, segment_ids, positions of the L+1 stream entries of `row` (int32 [L+1])."""
-    if not 0 <= row < self._num_rows:
-      raise IndexError(f"row {row} out of range [0, {self._num_rows})")
-    index = row * self.seq_len + np.arange(self.seq_len + 1, dtype=np.int64)  # [L+1]
-    real = index < self.stream_length
-    index = np.minimum(index, self.stream_length - 1)
-    doc = np.searchsorted(self._stream_starts, index, side="right") - 1       # [L+1]
-    pos = index - self._stream_starts[doc]                                     # 0 = BOS
-    n = self._doc_lengths[doc]
-    byte_index = np.clip(self._byte_starts[doc] + pos - 1, 0, max(len(self._data) - 1, 0))
-    ids = np.where(pos == 0, hbytes.BOS_ID,
-                   np.where(pos == n + 1, hbytes.EOS_ID, self._data[byte_index].astype(np.int32)))
-    ids = np.where(real, ids, hbytes.PAD_ID).astype(np.int32)
-    segment_ids = np.where(real, doc - doc[0] + 1, 0).astype(np.int32)
-    positions = np.where(real, pos, 0).astype(np.int32)
-    return ids, segment_ids, positions
+    return self._layout.row(row, self._data, (hbytes.BOS_ID, hbytes.EOS_ID, hbytes.PAD_ID))
 
   def __getitem__(self, row: int) -> dict[str, np.ndarray]:
     ids, segment_ids, positions = self.row_stream(int(row))
@@ -105,6 +90,40 @@ class PackedRows:
     targets = max(self.stream_length - 1 - max(self.num_documents - 1, 0), 0)
     return PackingStats(self.num_documents, self.num_empty_skipped, int(len(self._data)),
                         len(self), targets)
+
+
+class StreamLayout:
+  """Where each document lies in the stream BOS d_0 EOS BOS d_1 EOS ... (computed once):
+  documents of `doc_lengths` [D] laid end to end in a content array, rows of seq_len + 1
+  stream ids overlapping by one, the last row padded."""
+
+  def __init__(self, doc_lengths: np.ndarray, seq_len: int):
+    self.seq_len = int(seq_len)
+    self.doc_lengths = np.asarray(doc_lengths, np.int64)                       # [D]
+    self.content_starts = np.concatenate([[0], np.cumsum(self.doc_lengths)])   # [D+1]
+    self.stream_starts = np.concatenate([[0], np.cumsum(self.doc_lengths + 2)])  # [D+1]
+    self.stream_length = int(self.stream_starts[-1])                          # T
+    self.num_rows = 0 if self.stream_length < 2 else -(-(self.stream_length - 1) // self.seq_len)
+
+  def row(self, row: int, content: np.ndarray, special_ids: tuple[int, int, int]
+          ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """-> ids, segment_ids, positions (int32 [seq_len + 1]) of `row`, reading document
+    ids from `content`; special_ids = (BOS, EOS, PAD)."""
+    if not 0 <= row < self.num_rows:
+      raise IndexError(f"row {row} out of range [0, {self.num_rows})")
+    bos, eos, pad = special_ids
+    index = row * self.seq_len + np.arange(self.seq_len + 1, dtype=np.int64)   # [L+1]
+    real = index < self.stream_length
+    index = np.minimum(index, self.stream_length - 1)
+    doc = np.searchsorted(self.stream_starts, index, side="right") - 1        # [L+1]
+    pos = index - self.stream_starts[doc]                                      # 0 = BOS
+    content_index = np.clip(self.content_starts[doc] + pos - 1, 0, max(len(content) - 1, 0))
+    body = content[content_index].astype(np.int32) if len(content) else np.zeros_like(pos)
+    ids = np.where(pos == 0, bos, np.where(pos == self.doc_lengths[doc] + 1, eos, body))
+    ids = np.where(real, ids, pad).astype(np.int32)
+    segment_ids = np.where(real, doc - doc[0] + 1, 0).astype(np.int32)
+    positions = np.where(real, pos, 0).astype(np.int32)
+    return ids, segment_ids, positions
 
 
 def example_from_stream(ids: np.ndarray, segment_ids: np.ndarray,
