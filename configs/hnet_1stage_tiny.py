@@ -13,18 +13,20 @@ per step of 8 x 512 bytes on 2 shared CPU cores (measured at init, machine loade
 import ml_collections
 
 from configs import base
-from hnet.models.layout import stage_lr_multipliers
 
 
 def hnet_config(c: ml_collections.ConfigDict, *, layout: str, d_model, num_heads, mlp_dim,
                 window, target_ratio, capacity_factor=2.0, d_state: int = 128, headdim: int = 64,
-                ssd_chunk_size: int = 64) -> ml_collections.ConfigDict:
-  """Sets c.model for an H-Net and c.train.lr_multipliers from its stages.
+                ssd_chunk_size: int = 64,
+                router_lr_multiplier: float | None = None) -> ml_collections.ConfigDict:
+  """Sets c.model for an H-Net.
 
   Per-stage lists (outermost first, one entry per level of the layout): d_model,
   num_heads, mlp_dim, window (0 = full attention); per routing stage: target_ratio,
-  capacity_factor. Recompute lr_multipliers (stage_lr_multipliers) when overriding
-  widths or targets from the command line.
+  capacity_factor. The per-stage lr multipliers are computed from these when the
+  optimizer is built (hnet.models.layout.stage_lr_multipliers), so command-line
+  overrides of widths, targets or router_lr_multiplier apply; entries in
+  c.train.lr_multipliers override them rule by rule.
   """
   m = c.model
   # The base config's Transformer fields are scalars; H-Net's are per-stage lists.
@@ -50,7 +52,9 @@ def hnet_config(c: ml_collections.ConfigDict, *, layout: str, d_model, num_heads
   m.mamba_implementation = "chunked"  # chunked | sequential
   m.implementation = "jnp"            # routing/chunk/dechunk kernels: jnp | pallas
   m.interpret = False                 # Pallas interpret mode (CPU)
-  c.train.lr_multipliers = ml_collections.ConfigDict(stage_lr_multipliers(m))
+  # lr multiplier of the routing projections W_q, W_k (None: their stage's, as in the
+  # paper; 0: frozen at their identity init)
+  m.router_lr_multiplier = ml_collections.FieldReference(router_lr_multiplier, field_type=float)
   return c
 
 

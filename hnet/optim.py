@@ -53,6 +53,15 @@ def scale_by_tree(multipliers: Any) -> optax.GradientTransformation:
   return optax.GradientTransformation(lambda _: optax.EmptyState(), update)
 
 
+def training_lr_multipliers(cfg) -> dict[str, float]:
+  """The model family's own rules (hnet.models.lr_multipliers_for, e.g. H-Net's per-stage
+  lambdas from the current widths and targets), then cfg.train.lr_multipliers on top."""
+  from hnet.models import lr_multipliers_for  # pylint: disable=g-import-not-at-top
+  rules = lr_multipliers_for(cfg.model)
+  rules.update(dict(cfg.train.lr_multipliers) if cfg.train.get("lr_multipliers") else {})
+  return rules
+
+
 def make_optimizer(cfg, params: Any) -> optax.GradientTransformation:
   """Clip -> AdamW(schedule) -> per-group multipliers. Decay only matrices (ndim >= 2)."""
   t = cfg.train
@@ -61,7 +70,7 @@ def make_optimizer(cfg, params: Any) -> optax.GradientTransformation:
     parts.append(optax.clip_by_global_norm(t.grad_clip))
   parts.append(optax.adamw(schedule(cfg), b1=t.b1, b2=t.b2, weight_decay=t.weight_decay,
                            mask=lambda p: jax.tree.map(lambda x: jnp.ndim(x) >= 2, p)))
-  multipliers = dict(t.lr_multipliers) if t.get("lr_multipliers") else {}
+  multipliers = training_lr_multipliers(cfg)
   if multipliers:
     parts.append(scale_by_tree(lr_multiplier_tree(params, multipliers)))
   return optax.chain(*parts)

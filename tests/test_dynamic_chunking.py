@@ -195,6 +195,11 @@ def test_stage_lr_multipliers_formula():
     assert rules[f"^stages/{s}/"] == pytest.approx(value)
   assert rules["^(embed|head)/"] == pytest.approx(expected[0])
   assert expected[0] > expected[1] > expected[2]  # outer stages get a larger lr
+  assert not any("router" in rule for rule in rules)
+  m.router_lr_multiplier = 0.3
+  rules = hl.stage_lr_multipliers(m)
+  assert rules["^stages/0/router/"] == rules["^stages/1/router/"] == 0.3
+  assert "^stages/2/router/" not in rules  # the innermost stage does not route
 
 
 def test_router_identity_init():

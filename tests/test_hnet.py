@@ -165,12 +165,16 @@ def test_lr_multipliers_cover_every_parameter():
   params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
   rules = dict(cfg.train.lr_multipliers)
   paths = [path_string(p) for p, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
-  for path in paths:
-    assert sum(bool(re.search(rx, path)) for rx in rules) == 1, path
+  for path in paths:  # one stage rule each; the router rule (if any) adds a second
+    matches = sum(bool(re.search(rx, path)) for rx in rules)
+    assert matches == 1 + ("/router/" in path and "^stages/0/router/" in rules), path
   tree = lr_multiplier_tree(params, rules)
   flat = {path_string(p): v for p, v in jax.tree_util.tree_flatten_with_path(tree)[0]}
   assert flat["stages/1/encoder/layers/0/attn/query/kernel"] == pytest.approx(rules["^stages/1/"])
-  assert flat["embed/embedding"] == flat["stages/0/router/query"] == pytest.approx(rules["^stages/0/"])
+  assert flat["embed/embedding"] == flat["stages/0/encoder/layers/0/mixer/in_proj/kernel"] \
+      == pytest.approx(rules["^stages/0/"])
+  assert flat["stages/0/router/query"] == pytest.approx(rules.get("^stages/0/router/",
+                                                                  rules["^stages/0/"]))
   assert flat["stages/2/main/norm/scale"] == pytest.approx(rules["^stages/2/"])
   # a more specific rule wins whatever the (sorted) key order of the ConfigDict
   cfg.train.lr_multipliers["^stages/0/router/"] = 0.125
@@ -198,3 +202,18 @@ def test_paper_scale_parameter_counts(module, expected):
   model = abstract_model(cfg.model)
   count = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
   assert abs(count - expected) / expected < 0.1, count
+
+
+
+def test_lr_multipliers_follow_command_line_overrides():
+  """The optimizer computes H-Net's stage rules from the model settings it is given."""
+  from hnet.optim import training_lr_multipliers
+  cfg = hnet_1stage_tiny.get_config()
+  assert training_lr_multipliers(cfg) == stage_lr_multipliers(cfg.model)
+  cfg.model.d_model = [128, 768]  # as --config.model.d_model=... would
+  cfg.model.router_lr_multiplier = 0.5
+  rules = training_lr_multipliers(cfg)
+  assert rules["^stages/0/"] == pytest.approx((4.6 * 768 / 128) ** 0.5)
+  assert rules["^stages/0/router/"] == 0.5
+  cfg.train.lr_multipliers["^stages/1/"] = 0.25  # explicit entries win rule by rule
+  assert training_lr_multipliers(cfg)["^stages/1/"] == 0.25

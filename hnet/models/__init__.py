@@ -41,3 +41,20 @@ def controller_for(model_config):
     return None
   module_name, cls_name = spec.split(":")
   return getattr(importlib.import_module(module_name), cls_name)(model_config)
+
+
+# name -> "module:function" giving the family's own per-parameter-group lr multipliers,
+# function(model_config) -> {path regex: multiplier}. They are computed when the
+# optimizer is built (so command-line overrides of widths or targets apply), and
+# config.train.lr_multipliers entries override them rule by rule.
+LR_MULTIPLIERS = {
+    "hnet": "hnet.models.layout:stage_lr_multipliers",
+}
+
+
+def lr_multipliers_for(model_config) -> dict[str, float]:
+  spec = LR_MULTIPLIERS.get(model_config.get("name"))
+  if spec is None:
+    return {}
+  module_name, fn_name = spec.split(":")
+  return dict(getattr(importlib.import_module(module_name), fn_name)(model_config))

@@ -127,6 +127,10 @@ def stage_lr_multipliers(model_config) -> dict[str, float]:
   L^s/L^0 uses the target compressions (what the ratio loss drives the chunking to);
   D^s are the stage widths. The byte embedding and the head belong to stage 0. Paths
   look like "stages/0/encoder/layers/0/mixer/in_proj/kernel" (see hnet/models/hnet.py).
+
+  `router_lr_multiplier` (optional, None or absent = the stage's lambda, 0 = frozen): a fixed multiplier for
+  the routing projections W_q, W_k of every routing stage (a more specific rule, which
+  wins over the stage's; see hnet/optim.py lr_multiplier_tree).
   """
   stages = parse_layout(model_config.layout)
   S = len(stages) - 1
@@ -137,4 +141,8 @@ def stage_lr_multipliers(model_config) -> dict[str, float]:
   rules = {"^(embed|head)/": lambdas[0]}
   for s in range(S + 1):
     rules[f"^stages/{s}/"] = lambdas[s]
+  router_lr = model_config.get("router_lr_multiplier")
+  if router_lr is not None:
+    for s in range(S):
+      rules[f"^stages/{s}/router/"] = float(router_lr)
   return rules
