@@ -5,6 +5,7 @@ metrics.jsonl. Tools load models from it with `load_model(workdir)`.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 
@@ -23,6 +24,21 @@ def run_names(workdirs: list[str], names: list[str]) -> list[str]:
   if names and len(names) != len(workdirs):
     raise ValueError("--names needs one label per --workdirs entry")
   return list(names) or [os.path.basename(os.path.normpath(w)) for w in workdirs]
+
+
+def run_fingerprint(workdir: str, step: int) -> str:
+  """A short hash of the run's config.json and of the names and sizes of the files of
+  checkpoint `step`: it changes when the run directory is trained again with another
+  config, or holds another checkpoint at the same step (tools that cache results use it)."""
+  digest = hashlib.sha256()
+  with open(os.path.join(workdir, "config.json"), "rb") as f:
+    digest.update(f.read())
+  root = os.path.join(workdir, "checkpoints", str(step))
+  for folder, _, files in sorted(os.walk(root)):
+    for name in sorted(files):
+      path = os.path.join(folder, name)
+      digest.update(f"{os.path.relpath(path, root)}:{os.path.getsize(path)};".encode())
+  return digest.hexdigest()[:16]
 
 
 def load_config(workdir: str) -> ml_collections.ConfigDict:

@@ -134,3 +134,18 @@ def test_settings_reject_bad_noise_and_level():
     robustness.Settings(noises=("no_such_noise",))
   with pytest.raises(ValueError, match=r"\[0, 1\]"):
     robustness.Settings(levels=(1.5,))
+
+
+def test_run_fingerprint_tells_retrained_runs_apart(runs, tmp_path):
+  """--reuse keys results by run_fingerprint: a run trained again with another config at
+  the same path and step must not be taken for the old one."""
+  import shutil
+  from hnet.runs import run_fingerprint
+  _, _, step = load_model(runs["bytes"])
+  copy = tmp_path / "run"
+  shutil.copytree(runs["bytes"], copy)
+  assert run_fingerprint(str(copy), step) == run_fingerprint(runs["bytes"], step)
+  config = json.loads((copy / "config.json").read_text())
+  config["train"]["lr"] *= 2
+  (copy / "config.json").write_text(json.dumps(config))
+  assert run_fingerprint(str(copy), step) != run_fingerprint(runs["bytes"], step)

@@ -55,8 +55,9 @@ def _load(workdir: str):
 
 
 def _previous_results(settings: dict) -> dict:
-  """(name, workdir, step) -> that model's entry of OUT/results.json, if the file exists
-  and was written with exactly these settings; else {}."""
+  """(name, workdir, step, fingerprint) -> that model's entry of OUT/results.json, if the
+  file exists and was written with exactly these settings; else {}. Entries written
+  before fingerprints existed never match (they are evaluated again)."""
   path = os.path.join(FLAGS.out, "results.json")
   if not os.path.exists(path):
     return {}
@@ -65,13 +66,14 @@ def _previous_results(settings: dict) -> dict:
   if previous.get("settings") != settings:
     print(f"--reuse: {path} has other settings; evaluating every model again")
     return {}
-  return {(m["name"], m["workdir"], m["step"]): m for m in previous.get("models", [])}
+  return {(m["name"], m["workdir"], m["step"], m.get("fingerprint")): m
+          for m in previous.get("models", [])}
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments {argv[1:]}")
-  from hnet.runs import run_names
+  from hnet.runs import run_fingerprint, run_names
   try:
     names = run_names(FLAGS.workdirs, FLAGS.names)
   except ValueError as e:
@@ -114,7 +116,8 @@ def main(argv):
   previous = _previous_results(results["settings"]) if FLAGS.reuse else {}
   for workdir, name in zip(FLAGS.workdirs, names):
     model, config, step = _load(workdir)
-    kept = previous.get((name, workdir, step))
+    fingerprint = run_fingerprint(workdir, step)
+    kept = previous.get((name, workdir, step, fingerprint))
     if kept is not None:
       results["models"].append(kept)
       print(f"{name}: reused from {FLAGS.out}/results.json (step {step})")
@@ -122,7 +125,7 @@ def main(argv):
     started = time.perf_counter()
     result = robustness.evaluate_model(model, config, documents=documents,
                                        tasks=task_examples, settings=settings, name=name)
-    result.update({"workdir": workdir, "step": step,
+    result.update({"workdir": workdir, "step": step, "fingerprint": fingerprint,
                    "seconds": round(time.perf_counter() - started, 1)})
     results["models"].append(result)
     print(f"{name}: clean " + json.dumps(result["clean"]))
