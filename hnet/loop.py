@@ -178,6 +178,10 @@ def run(config, workdir: str) -> dict[str, Any]:
       if config.train.eval_every and step % config.train.eval_every == 0 and step < config.train.steps:
         logger.write(step, evaluate(setup, eval_fn, state, config.train.eval_batches), "eval")
       if save_now or stop:
+        # The checkpoint's own step is logged first: a kill right after the save must not
+        # lose the line a resumed run will not write again.
+        _log_train(logger, summary, *pending, lr_at, last_time, last_step, step_flops, peak)
+        last_time, last_step, pending = time.perf_counter(), step, None
         checkpoint.save(manager, step, state, train_iter, force=True)
       if stop:
         logger.bar.write(f"stopping at step {step} ({'SIGTERM' if preemption.requested else 'time budget'}); "
