@@ -22,23 +22,11 @@ token (2048 ids, this corpus) cover about as much text as the byte model's 256 b
 """
 import ml_collections
 
-from configs import base
-
-
-def padded_vocab_size(bpe_vocab_size: int) -> int:
-  """The head size for a tokenizer of at most bpe_vocab_size ids (multiple of 8)."""
-  return -(-int(bpe_vocab_size) // 8) * 8
+from configs import base, transformer_tiny
 
 
 def get_config():
-  c = base.get_config()
-  c.model.name = "transformer"
-  c.model.dim = 128
-  c.model.num_layers = 4
-  c.model.num_heads = 4
-  c.model.num_kv_heads = 4
-  c.model.mlp_dim = 384
-
+  c = transformer_tiny.get_config()  # the same model; only what a position holds differs
   c.data.layout = "bpe"
   c.data.bpe_tokenizer = ""      # "" = <workdir>/bpe_tokenizer.json (set by the loop)
   bpe_vocab = ml_collections.FieldReference(2048, field_type=int)

@@ -116,6 +116,13 @@ def overfit_losses(config, batch, steps: int = 30) -> list[float]:
 
 # --- word layouts (HAT, Learn Your Tokens, Byte2Word) ---------------------------------
 
+def words_rows_batch(docs, seq_len: int, words_per_row: int, bytes_per_word: int) -> dict:
+  """Every row of hnet/data/words.py's WordRows over `docs`, stacked into one batch."""
+  from hnet.data.words import WordRows
+  rows = WordRows(docs, seq_len=seq_len, words_per_row=words_per_row, bytes_per_word=bytes_per_word)
+  return {k: np.stack([rows[i][k] for i in range(len(rows))]) for k in rows[0]}
+
+
 def word_layout_batch(rows_of_docs, length: int, num_words: int, word_len: int) -> dict:
   """Reference word layout built with hnet/text/splitter.py, for tests.
 

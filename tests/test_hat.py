@@ -117,10 +117,8 @@ def test_overfit():
 
 def test_runs_on_words_rows():
   """Rows of hnet/data/words.py (whole words per row, documents continuing across rows)."""
-  from hnet.data.words import WordRows
   docs = [b"The cat sat on the mat.", b"Zebras zigzag", b"a b c d e f g"]
-  rows = WordRows(docs, seq_len=24, words_per_row=10, bytes_per_word=WORD_LEN)
-  batch = {k: np.stack([rows[i][k] for i in range(len(rows))]) for k in rows[0]}
+  batch = testing.words_rows_batch(docs, seq_len=24, words_per_row=10, bytes_per_word=WORD_LEN)
   out = build_model(tiny_config().model, nnx.Rngs(0))(batch)
   assert out.logits.shape == batch["targets"].shape + (264,)
   assert np.isfinite(np.asarray(out.logits)).all()

@@ -5,7 +5,6 @@ from flax import nnx
 
 from configs import byte2word_tiny, lyt_tiny
 from hnet import testing
-from hnet.data.words import WordRows
 from hnet.models import build_model
 
 WORD_LEN = 8
@@ -48,8 +47,7 @@ def test_every_byte_predicted_once_from_words_rows():
   """Rows of hnet/data/words.py: logits are [B, Lb, V] aligned with targets, and the
   loss mask covers every document byte and EOS exactly once."""
   docs = [b"The cat sat on the mat.", b"Zebras zigzag", b"a b c d e f g"]
-  rows = WordRows(docs, seq_len=24, words_per_row=10, bytes_per_word=WORD_LEN)
-  batch = {k: np.stack([rows[i][k] for i in range(len(rows))]) for k in rows[0]}
+  batch = testing.words_rows_batch(docs, seq_len=24, words_per_row=10, bytes_per_word=WORD_LEN)
   out = build_model(tiny_config().model, nnx.Rngs(0))(batch)
   assert out.logits.shape == batch["targets"].shape + (264,)
   assert np.isfinite(np.asarray(out.logits)).all()
