@@ -183,7 +183,7 @@ def _dechunk_inputs(length, capacity, dim, dtype=jnp.float32):
 
 
 @pytest.mark.parametrize("dtype,tol", [(jnp.float32, F32_TOL), (jnp.bfloat16, BF16_TOL)])
-@pytest.mark.parametrize("length,capacity,dim", [(61, 17, 24), (50, 50, 70)])
+@pytest.mark.parametrize("length,capacity,dim", [(61, 17, 24), (50, 50, 70), (80, 64, 64)])
 def test_dechunk_pallas_matches_reference(length, capacity, dim, dtype, tol):
   z, prob, reset, index_of_byte = _dechunk_inputs(length, capacity, dim, dtype)
   out_ref = _jit(dechunk, z, prob, reset, index_of_byte, **JNP)
@@ -314,3 +314,38 @@ def test_blocked_linear_scan_matches_sequential(length, block, reverse):
     expected[:, t] = state
   out = jax.jit(_linear_scan, static_argnums=(2, 3))(decay, value, reverse, block)
   _close(out, expected, F32_TOL)
+
+
+@pytest.mark.parametrize("platform", ["gpu", "tpu"])
+def test_pallas_kernels_lower_for_gpu(monkeypatch, platform):
+  """Every kernel, forward and backward, lowers for CUDA through Triton (jax.export from
+  this CPU machine; compiling needs a GPU). C = D = 512 is the shape that once gave the
+  EMA-scan backward a wrong block spec. TPU gets a clear error instead of a lowering one."""
+  from hnet.kernels import backend
+  monkeypatch.setattr(backend, "target_platform", lambda: platform)
+  batch, length, dim, capacity = 2, 1000, 512, 512
+  f32 = lambda *shape: jax.ShapeDtypeStruct(shape, jnp.float32)
+  flags = lambda *shape: jax.ShapeDtypeStruct(shape, jnp.bool_)
+  cases = {
+      "routing": (lambda q, k, s: boundary_probs(q, k, s, **PALLAS_GPU)[0].sum(),
+                  (f32(batch, length, dim), f32(batch, length, dim), flags(batch, length)), (0, 1)),
+      "chunk": (lambda h, m: chunk(h, m, capacity, **PALLAS_GPU).chunks.sum(),
+                (f32(batch, length, dim), flags(batch, length)), (0,)),
+      "dechunk": (lambda z, p, r, i: dechunk(z, p, r, i, **PALLAS_GPU).sum(),
+                  (f32(batch, capacity, dim), f32(batch, capacity), flags(batch, capacity),
+                   jax.ShapeDtypeStruct((batch, length), jnp.int32)), (0, 1)),
+  }
+  allow_triton = [jax.export.DisabledSafetyCheck.custom_call("__gpu$xla.gpu.triton")]
+  for name, (loss, args, argnums) in cases.items():
+    for fn in (loss, jax.grad(loss, argnums=argnums)):
+      export = lambda: jax.export.export(jax.jit(fn), platforms=["cuda"],
+                                         disabled_checks=allow_triton)(*args)
+      if platform == "tpu":
+        with pytest.raises(NotImplementedError, match="implementation=jnp"):
+          export()
+        continue
+      module = export().mlir_module()
+      assert "xla.gpu.triton" in module, name
+
+
+PALLAS_GPU = dict(implementation="pallas", interpret=False)

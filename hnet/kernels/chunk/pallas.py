@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 from jax.experimental import pallas as pl
 
+from hnet.kernels.backend import compiler_params
 from hnet.kernels.padding import next_pow2, pad_to
 
 _ROW_PAD = -1   # key of padded / empty rows
@@ -88,6 +89,7 @@ def match_matmul(x, row_key, col_key, *, block_m=64, block_n=64, block_d=128,
       ],
       out_specs=pl.BlockSpec((None, block_m, block_d), lambda b, i, d: (b, i, d)),
       interpret=interpret,
+      compiler_params=compiler_params(),
       name="hnet_match_matmul",
   )(row_key, col_key, x_p)
   return out[:, :num_rows, :dim]

@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 from jax.experimental import pallas as pl
 
+from hnet.kernels.backend import compiler_params
 from hnet.kernels.padding import next_pow2
 
 from hnet.kernels.chunk.pallas import gather_rows_pallas
@@ -52,17 +53,20 @@ def _scan_backward_kernel(prob_ref, keep_ref, z_ref, z_bar_ref, grad_ref,
   jax.lax.fori_loop(0, num_chunks, body, jnp.zeros((1, block_d), jnp.float32))
 
 
-def _scan_call(kernel, inputs, out_shape, block_d, interpret, name):
+def _scan_call(kernel, inputs, outputs, block_d, interpret, name):
+  """inputs: (prob [B, C], keep [B, C], rows [B, C, Dp] ...); outputs: pairs of a
+  ShapeDtypeStruct and its kind, "rows" ([B, C, Dp], blocked along Dp) or "per_block"
+  ([B, Dp // block_d, C], one row per D-block). The kind is stated, not inferred from the
+  shape: C may equal Dp."""
   batch, num_chunks, dim_p = inputs[2].shape
   vec = pl.BlockSpec((None, num_chunks), lambda b, d: (b, 0))
-  rows = pl.BlockSpec((None, num_chunks, block_d), lambda b, d: (b, 0, d))
-  partial = pl.BlockSpec((None, None, num_chunks), lambda b, d: (b, d, 0))
-  out_specs = tuple(rows if len(s.shape) == 3 and s.shape[-1] == dim_p else partial
-                    for s in out_shape)
+  specs = {"rows": pl.BlockSpec((None, num_chunks, block_d), lambda b, d: (b, 0, d)),
+           "per_block": pl.BlockSpec((None, None, num_chunks), lambda b, d: (b, d, 0))}
   return pl.pallas_call(
-      kernel, out_shape=out_shape, grid=(batch, dim_p // block_d),
-      in_specs=[vec, vec] + [rows] * (len(inputs) - 2),
-      out_specs=out_specs, interpret=interpret, name=name)(*inputs)
+      kernel, out_shape=tuple(shape for shape, _ in outputs), grid=(batch, dim_p // block_d),
+      in_specs=[vec, vec] + [specs["rows"]] * (len(inputs) - 2),
+      out_specs=tuple(specs[kind] for _, kind in outputs), interpret=interpret, name=name,
+      compiler_params=compiler_params())(*inputs)
 
 
 def _pad_dim(x, dim_p):
@@ -87,7 +91,7 @@ def _ema_forward(z, chunk_prob, chunk_reset, block_d, interpret):
   keep = 1.0 - chunk_reset.astype(jnp.float32)
   (z_bar,) = _scan_call(
       _scan_forward_kernel, (chunk_prob.astype(jnp.float32), keep, _pad_dim(z, dim_p)),
-      (jax.ShapeDtypeStruct((batch, num_chunks, dim_p), jnp.float32),),
+      ((jax.ShapeDtypeStruct((batch, num_chunks, dim_p), jnp.float32), "rows"),),
       block_d, interpret, "hnet_ema_scan_fwd")
   return z_bar[..., :dim]
 
@@ -106,8 +110,8 @@ def _ema_bwd(block_d, interpret, residuals, grad_z_bar):
       _scan_backward_kernel,
       (chunk_prob.astype(jnp.float32), keep, _pad_dim(z, dim_p), _pad_dim(z_bar, dim_p),
        _pad_dim(grad_z_bar.astype(jnp.float32), dim_p)),
-      (jax.ShapeDtypeStruct((batch, num_chunks, dim_p), z.dtype),
-       jax.ShapeDtypeStruct((batch, dim_p // block_d, num_chunks), jnp.float32)),
+      ((jax.ShapeDtypeStruct((batch, num_chunks, dim_p), z.dtype), "rows"),
+       (jax.ShapeDtypeStruct((batch, dim_p // block_d, num_chunks), jnp.float32), "per_block")),
       block_d, interpret, "hnet_ema_scan_bwd")
   grad_prob = jnp.sum(grad_prob_partial, axis=1).astype(chunk_prob.dtype)  # [B, C]
   return grad_z[..., :dim], grad_prob, None

@@ -11,6 +11,7 @@ import jax
 import jax.numpy as jnp
 from jax.experimental import pallas as pl
 
+from hnet.kernels.backend import compiler_params
 from hnet.kernels.padding import next_pow2, pad_to
 
 from hnet.kernels.routing.reference import COSINE_EPS
@@ -77,6 +78,7 @@ def _forward(q, k, segment_start, block_l, interpret):
       in_specs=[row, row, vec],
       out_specs=vec,
       interpret=interpret,
+      compiler_params=compiler_params(),
       name="hnet_routing_fwd",
   )(q_p, k_p, start)
   return prob[:, :length]  # [B, L]
@@ -95,6 +97,7 @@ def _backward(q, k, segment_start, grad_prob, block_l, interpret):
       in_specs=[row, row, vec, vec],
       out_specs=(row, row),
       interpret=interpret,
+      compiler_params=compiler_params(),
       name="hnet_routing_bwd",
   )(q_p, k_p, start, grad_p)
   return grad_q[:, :length, :dim], grad_k[:, :length, :dim]
