@@ -316,36 +316,33 @@ def test_blocked_linear_scan_matches_sequential(length, block, reverse):
   _close(out, expected, F32_TOL)
 
 
-@pytest.mark.parametrize("platform", ["gpu", "tpu"])
-def test_pallas_kernels_lower_for_gpu(monkeypatch, platform):
-  """Every kernel, forward and backward, lowers for CUDA through Triton (jax.export from
-  this CPU machine; compiling needs a GPU). C = D = 512 is the shape that once gave the
-  EMA-scan backward a wrong block spec. TPU gets a clear error instead of a lowering one."""
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+@pytest.mark.parametrize("platform", ["cuda", "tpu"])
+def test_pallas_kernels_lower_for_accelerators(monkeypatch, platform, dtype):
+  """Every kernel, forward and backward, lowers for CUDA (Triton) and TPU (Mosaic) with
+  jax.export from this CPU machine; compiling and running need the accelerator. C = D =
+  512 is the shape that once gave the EMA-scan backward a wrong block spec."""
   from hnet.kernels import backend
-  monkeypatch.setattr(backend, "target_platform", lambda: platform)
+  monkeypatch.setattr(backend, "target_platform", lambda: "gpu" if platform == "cuda" else platform)
   batch, length, dim, capacity = 2, 1000, 512, 512
-  f32 = lambda *shape: jax.ShapeDtypeStruct(shape, jnp.float32)
+  floats = lambda *shape: jax.ShapeDtypeStruct(shape, dtype)
   flags = lambda *shape: jax.ShapeDtypeStruct(shape, jnp.bool_)
   cases = {
-      "routing": (lambda q, k, s: boundary_probs(q, k, s, **PALLAS_GPU)[0].sum(),
-                  (f32(batch, length, dim), f32(batch, length, dim), flags(batch, length)), (0, 1)),
-      "chunk": (lambda h, m: chunk(h, m, capacity, **PALLAS_GPU).chunks.sum(),
-                (f32(batch, length, dim), flags(batch, length)), (0,)),
-      "dechunk": (lambda z, p, r, i: dechunk(z, p, r, i, **PALLAS_GPU).sum(),
-                  (f32(batch, capacity, dim), f32(batch, capacity), flags(batch, capacity),
+      "routing": (lambda q, k, s: boundary_probs(q, k, s, **PALLAS_COMPILED)[0].sum(),
+                  (floats(batch, length, dim), floats(batch, length, dim), flags(batch, length)),
+                  (0, 1)),
+      "chunk": (lambda h, m: chunk(h, m, capacity, **PALLAS_COMPILED).chunks.astype(jnp.float32).sum(),
+                (floats(batch, length, dim), flags(batch, length)), (0,)),
+      "dechunk": (lambda z, p, r, i: dechunk(z, p, r, i, **PALLAS_COMPILED).astype(jnp.float32).sum(),
+                  (floats(batch, capacity, dim), floats(batch, capacity), flags(batch, capacity),
                    jax.ShapeDtypeStruct((batch, length), jnp.int32)), (0, 1)),
   }
-  allow_triton = [jax.export.DisabledSafetyCheck.custom_call("__gpu$xla.gpu.triton")]
+  kernel_call = {"cuda": "__gpu$xla.gpu.triton", "tpu": "tpu_custom_call"}[platform]
+  allow = [jax.export.DisabledSafetyCheck.custom_call(kernel_call)]
   for name, (loss, args, argnums) in cases.items():
     for fn in (loss, jax.grad(loss, argnums=argnums)):
-      export = lambda: jax.export.export(jax.jit(fn), platforms=["cuda"],
-                                         disabled_checks=allow_triton)(*args)
-      if platform == "tpu":
-        with pytest.raises(NotImplementedError, match="implementation=jnp"):
-          export()
-        continue
-      module = export().mlir_module()
-      assert "xla.gpu.triton" in module, name
+      exported = jax.export.export(jax.jit(fn), platforms=[platform], disabled_checks=allow)(*args)
+      assert kernel_call in exported.mlir_module(), name
 
 
-PALLAS_GPU = dict(implementation="pallas", interpret=False)
+PALLAS_COMPILED = dict(implementation="pallas", interpret=False)

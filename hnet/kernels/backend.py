@@ -3,11 +3,11 @@
 jax >= 0.7 lowers a `pallas_call` without compiler parameters to Mosaic GPU on NVIDIA
 GPUs. Mosaic GPU cannot lower these kernels (reductions over one axis of a block raise
 "No support for axes yet"), while Triton can, so on GPU every kernel asks for Triton.
-On CPU the kernels run in interpret mode and need no parameters. TPU is not supported
-yet: Mosaic TPU wants the last two block dimensions to be multiples of (8, 128) or whole,
-and the [B, L] blocks of these kernels are (1, block) slices; the jnp path runs there.
-tests/test_kernels.py lowers every kernel for CUDA on this CPU-only machine (jax.export)
-so a GPU lowering failure shows up without a GPU.
+On TPU the default, Mosaic TPU, is kept (the kernels' blocks keep their last dimension
+whole or a multiple of 128, and per-position values are [n, 1] columns, as its tiling
+wants); on CPU the kernels run in interpret mode and need no parameters.
+tests/test_kernels.py lowers every kernel for CUDA and TPU on a CPU-only machine
+(jax.export), so a lowering fault shows up without an accelerator.
 """
 import jax
 from jax.experimental.pallas import triton as pltriton
@@ -19,12 +19,7 @@ def target_platform() -> str:
 
 
 def compiler_params(num_warps: int = 4, num_stages: int = 2):
-  """Compiler parameters for a pallas_call: Triton's on GPU, None (default) elsewhere."""
-  platform = target_platform()
-  if platform == "gpu":
+  """Compiler parameters for a pallas_call: Triton's on GPU, None (the default) elsewhere."""
+  if target_platform() == "gpu":
     return pltriton.CompilerParams(num_warps=num_warps, num_stages=num_stages)
-  if platform == "tpu":
-    raise NotImplementedError(
-        "the Pallas routing kernels lower for GPU (Triton) and run in interpret mode on "
-        "CPU, not for TPU yet; on TPU use the jnp path: --config.model.implementation=jnp")
   return None

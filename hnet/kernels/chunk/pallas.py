@@ -30,25 +30,25 @@ _BIG = 2**30
 
 
 def _key_range(keys):
-  """keys [n] int32 -> (min, max) over valid (>= 0) keys; (BIG, -1) if none."""
+  """keys int32 (any shape) -> (min, max) over valid (>= 0) keys; (BIG, -1) if none."""
   valid = keys >= 0
   return (jnp.min(jnp.where(valid, keys, _BIG)), jnp.max(jnp.where(valid, keys, -1)))
 
 
 def _match_matmul_kernel(row_key_ref, col_key_ref, x_ref, out_ref, *, block_n: int):
-  row_key = row_key_ref[...]  # [bm]
+  row_key = row_key_ref[...]  # [bm, 1]
   row_lo, row_hi = _key_range(row_key)
   num_col_blocks = x_ref.shape[0] // block_n
 
   def body(j, acc):
     cols = pl.ds(pl.multiple_of(j * block_n, block_n), block_n)
-    col_key = col_key_ref[cols]  # [bn]
+    col_key = col_key_ref[:, cols]  # [1, bn]
     col_lo, col_hi = _key_range(col_key)
     overlap = jnp.maximum(row_lo, col_lo) <= jnp.minimum(row_hi, col_hi)
 
     def accumulate(acc):
       x = x_ref[cols, :]  # [bn, bd]
-      one_hot = (row_key[:, None] == col_key[None, :]).astype(x.dtype)  # [bm, bn]
+      one_hot = (row_key == col_key).astype(x.dtype)  # [bm, bn]
       return acc + jnp.dot(one_hot, x, preferred_element_type=jnp.float32,
                            precision=jax.lax.Precision.HIGHEST)
 
@@ -74,17 +74,19 @@ def match_matmul(x, row_key, col_key, *, block_m=64, block_n=64, block_d=128,
   cols_p = pl.cdiv(num_cols, block_n) * block_n
   dim_p = pl.cdiv(dim, block_d) * block_d
   x_p = pad_to(pad_to(x, 1, cols_p), 2, dim_p)
+  # Row keys as columns [B, Mp, 1] and column keys as rows [B, 1, Np]: the one-hot block
+  # is their broadcast compare, and both meet Mosaic TPU's tiling (last dims whole).
   row_key = pad_to(jnp.where(row_key >= 0, row_key, _ROW_PAD).astype(jnp.int32),
-                    1, rows_p, _ROW_PAD)
+                    1, rows_p, _ROW_PAD)[:, :, None]
   col_key = pad_to(jnp.where(col_key >= 0, col_key, _COL_PAD).astype(jnp.int32),
-                    1, cols_p, _COL_PAD)
+                    1, cols_p, _COL_PAD)[:, None, :]
   out = pl.pallas_call(
       functools.partial(_match_matmul_kernel, block_n=block_n),
       out_shape=jax.ShapeDtypeStruct((batch, rows_p, dim_p), out_dtype or x.dtype),
       grid=(batch, rows_p // block_m, dim_p // block_d),
       in_specs=[
-          pl.BlockSpec((None, block_m), lambda b, i, d: (b, i)),
-          pl.BlockSpec((None, cols_p), lambda b, i, d: (b, 0)),
+          pl.BlockSpec((None, block_m, 1), lambda b, i, d: (b, i, 0)),
+          pl.BlockSpec((None, 1, cols_p), lambda b, i, d: (b, 0, 0)),
           pl.BlockSpec((None, cols_p, block_d), lambda b, i, d: (b, 0, d)),
       ],
       out_specs=pl.BlockSpec((None, block_m, block_d), lambda b, i, d: (b, i, d)),

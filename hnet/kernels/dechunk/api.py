@@ -35,7 +35,7 @@ def dechunk(
     *,
     implementation: str = "jnp",
     interpret: bool = False,
-    block_d: int = 64,
+    block_d: int = 128,
 ) -> jax.Array:
   """Returns out [B, L, D]; see the module docstring."""
   if implementation == "jnp":

@@ -4,7 +4,7 @@ reverse-time backward kernel, and the upsample as the chunk package's gather ker
 Forward  y_k = a_k y_{k-1} + P_k z_k,  a_k = (1 - P_k) keep_k.
 Backward (g = dL/dy): gy_k = g_k + a_{k+1} gy_{k+1} (a reverse-time recurrence),
          dz_k = P_k gy_k,  dP_k = sum_D gy_k (z_k - keep_k y_{k-1}).
-dP is summed over D blocks outside the kernel ([B, D/bd, C] partial sums).
+dP is summed over D blocks outside the kernel ([B, D/bd, C, 1] partial sums).
 """
 
 import functools
@@ -24,8 +24,8 @@ def _scan_forward_kernel(prob_ref, keep_ref, z_ref, z_bar_ref):
 
   def body(k, y):  # y [1, bd] float32
     step = pl.ds(k, 1)
-    prob = prob_ref[step][:, None]  # [1, 1]
-    decay = (1.0 - prob) * keep_ref[step][:, None]
+    prob = prob_ref[step, :]  # [1, 1]
+    decay = (1.0 - prob) * keep_ref[step, :]
     y = decay * y + prob * z_ref[step, :].astype(jnp.float32)
     z_bar_ref[step, :] = y
     return y
@@ -40,31 +40,32 @@ def _scan_backward_kernel(prob_ref, keep_ref, z_ref, z_bar_ref, grad_ref,
   def body(i, carry):  # carry = a_{k+1} gy_{k+1}, [1, bd] float32
     k = num_chunks - 1 - i
     step = pl.ds(k, 1)
-    prob = prob_ref[step][:, None]  # [1, 1]
-    keep = keep_ref[step][:, None]
+    prob = prob_ref[step, :]  # [1, 1]
+    keep = keep_ref[step, :]
     grad_y = grad_ref[step, :] + carry  # [1, bd]
     grad_z_ref[step, :] = (prob * grad_y).astype(grad_z_ref.dtype)
     has_previous = (k > 0).astype(jnp.float32)
     y_previous = z_bar_ref[pl.ds(jnp.maximum(k - 1, 0), 1), :] * has_previous
     z = z_ref[step, :].astype(jnp.float32)
-    grad_prob_ref[step] = jnp.sum(grad_y * (z - keep * y_previous), axis=1)
+    grad_prob_ref[step, :] = jnp.sum(grad_y * (z - keep * y_previous), axis=1, keepdims=True)
     return (1.0 - prob) * keep * grad_y
 
   jax.lax.fori_loop(0, num_chunks, body, jnp.zeros((1, block_d), jnp.float32))
 
 
 def _scan_call(kernel, inputs, outputs, block_d, interpret, name):
-  """inputs: (prob [B, C], keep [B, C], rows [B, C, Dp] ...); outputs: pairs of a
-  ShapeDtypeStruct and its kind, "rows" ([B, C, Dp], blocked along Dp) or "per_block"
-  ([B, Dp // block_d, C], one row per D-block). The kind is stated, not inferred from the
-  shape: C may equal Dp."""
+  """inputs: (prob [B, C, 1], keep [B, C, 1], rows [B, C, Dp] ...); outputs: pairs of
+  a ShapeDtypeStruct and its kind, "rows" ([B, C, Dp], blocked along Dp) or "per_block"
+  ([B, Dp // block_d, C, 1], one column per D-block). The kind is stated, not inferred
+  from the shape: C may equal Dp. Per-chunk values are [C, 1] columns in the kernels
+  (whole last dims, as Mosaic TPU's tiling wants)."""
   batch, num_chunks, dim_p = inputs[2].shape
-  vec = pl.BlockSpec((None, num_chunks), lambda b, d: (b, 0))
+  column = pl.BlockSpec((None, num_chunks, 1), lambda b, d: (b, 0, 0))
   specs = {"rows": pl.BlockSpec((None, num_chunks, block_d), lambda b, d: (b, 0, d)),
-           "per_block": pl.BlockSpec((None, None, num_chunks), lambda b, d: (b, d, 0))}
+           "per_block": pl.BlockSpec((None, None, num_chunks, 1), lambda b, d: (b, d, 0, 0))}
   return pl.pallas_call(
       kernel, out_shape=tuple(shape for shape, _ in outputs), grid=(batch, dim_p // block_d),
-      in_specs=[vec, vec] + [specs["rows"]] * (len(inputs) - 2),
+      in_specs=[column, column] + [specs["rows"]] * (len(inputs) - 2),
       out_specs=tuple(specs[kind] for _, kind in outputs), interpret=interpret, name=name,
       compiler_params=compiler_params())(*inputs)
 
@@ -79,7 +80,7 @@ def _block_and_padded_dim(dim, block_d):
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
-def ema_scan_pallas(z, chunk_prob, chunk_reset, block_d=64, interpret=False):
+def ema_scan_pallas(z, chunk_prob, chunk_reset, block_d=128, interpret=False):
   """z [B, C, D], chunk_prob [B, C] (clamped), chunk_reset [B, C] bool
   -> z_bar [B, C, D] float32."""
   return _ema_forward(z, chunk_prob, chunk_reset, block_d, interpret)
@@ -88,9 +89,9 @@ def ema_scan_pallas(z, chunk_prob, chunk_reset, block_d=64, interpret=False):
 def _ema_forward(z, chunk_prob, chunk_reset, block_d, interpret):
   batch, num_chunks, dim = z.shape
   block_d, dim_p = _block_and_padded_dim(dim, block_d)
-  keep = 1.0 - chunk_reset.astype(jnp.float32)
+  keep = (1.0 - chunk_reset.astype(jnp.float32))[..., None]  # [B, C, 1]
   (z_bar,) = _scan_call(
-      _scan_forward_kernel, (chunk_prob.astype(jnp.float32), keep, _pad_dim(z, dim_p)),
+      _scan_forward_kernel, (chunk_prob.astype(jnp.float32)[..., None], keep, _pad_dim(z, dim_p)),
       ((jax.ShapeDtypeStruct((batch, num_chunks, dim_p), jnp.float32), "rows"),),
       block_d, interpret, "hnet_ema_scan_fwd")
   return z_bar[..., :dim]
@@ -105,22 +106,22 @@ def _ema_bwd(block_d, interpret, residuals, grad_z_bar):
   z, chunk_prob, chunk_reset, z_bar = residuals
   batch, num_chunks, dim = z.shape
   block_d, dim_p = _block_and_padded_dim(dim, block_d)
-  keep = 1.0 - chunk_reset.astype(jnp.float32)
+  keep = (1.0 - chunk_reset.astype(jnp.float32))[..., None]  # [B, C, 1]
   grad_z, grad_prob_partial = _scan_call(
       _scan_backward_kernel,
-      (chunk_prob.astype(jnp.float32), keep, _pad_dim(z, dim_p), _pad_dim(z_bar, dim_p),
+      (chunk_prob.astype(jnp.float32)[..., None], keep, _pad_dim(z, dim_p), _pad_dim(z_bar, dim_p),
        _pad_dim(grad_z_bar.astype(jnp.float32), dim_p)),
       ((jax.ShapeDtypeStruct((batch, num_chunks, dim_p), z.dtype), "rows"),
-       (jax.ShapeDtypeStruct((batch, dim_p // block_d, num_chunks), jnp.float32), "per_block")),
+       (jax.ShapeDtypeStruct((batch, dim_p // block_d, num_chunks, 1), jnp.float32), "per_block")),
       block_d, interpret, "hnet_ema_scan_bwd")
-  grad_prob = jnp.sum(grad_prob_partial, axis=1).astype(chunk_prob.dtype)  # [B, C]
+  grad_prob = jnp.sum(grad_prob_partial[..., 0], axis=1).astype(chunk_prob.dtype)  # [B, C]
   return grad_z[..., :dim], grad_prob, None
 
 
 ema_scan_pallas.defvjp(_ema_fwd, _ema_bwd)
 
 
-def dechunk_pallas(z, chunk_prob, chunk_reset, chunk_index_of_byte, *, block_d=64,
+def dechunk_pallas(z, chunk_prob, chunk_reset, chunk_index_of_byte, *, block_d=128,
                    interpret=False):
   """Same contract as `dechunk_reference`; chunk_prob must already be clamped."""
   z_bar = ema_scan_pallas(z, chunk_prob, chunk_reset, block_d, interpret)  # [B, C, D]
