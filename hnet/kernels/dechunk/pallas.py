@@ -86,12 +86,17 @@ def ema_scan_pallas(z, chunk_prob, chunk_reset, block_d=128, interpret=False):
   return _ema_forward(z, chunk_prob, chunk_reset, block_d, interpret)
 
 
+def _prob_and_keep(chunk_prob, chunk_reset):
+  """[B, C] chunk_prob and chunk_reset -> the kernels' float32 columns, each [B, C, 1]."""
+  keep = 1.0 - chunk_reset.astype(jnp.float32)
+  return chunk_prob.astype(jnp.float32)[..., None], keep[..., None]
+
+
 def _ema_forward(z, chunk_prob, chunk_reset, block_d, interpret):
   batch, num_chunks, dim = z.shape
   block_d, dim_p = _block_and_padded_dim(dim, block_d)
-  keep = (1.0 - chunk_reset.astype(jnp.float32))[..., None]  # [B, C, 1]
   (z_bar,) = _scan_call(
-      _scan_forward_kernel, (chunk_prob.astype(jnp.float32)[..., None], keep, _pad_dim(z, dim_p)),
+      _scan_forward_kernel, (*_prob_and_keep(chunk_prob, chunk_reset), _pad_dim(z, dim_p)),
       ((jax.ShapeDtypeStruct((batch, num_chunks, dim_p), jnp.float32), "rows"),),
       block_d, interpret, "hnet_ema_scan_fwd")
   return z_bar[..., :dim]
@@ -106,10 +111,9 @@ def _ema_bwd(block_d, interpret, residuals, grad_z_bar):
   z, chunk_prob, chunk_reset, z_bar = residuals
   batch, num_chunks, dim = z.shape
   block_d, dim_p = _block_and_padded_dim(dim, block_d)
-  keep = (1.0 - chunk_reset.astype(jnp.float32))[..., None]  # [B, C, 1]
   grad_z, grad_prob_partial = _scan_call(
       _scan_backward_kernel,
-      (chunk_prob.astype(jnp.float32)[..., None], keep, _pad_dim(z, dim_p), _pad_dim(z_bar, dim_p),
+      (*_prob_and_keep(chunk_prob, chunk_reset), _pad_dim(z, dim_p), _pad_dim(z_bar, dim_p),
        _pad_dim(grad_z_bar.astype(jnp.float32), dim_p)),
       ((jax.ShapeDtypeStruct((batch, num_chunks, dim_p), z.dtype), "rows"),
        (jax.ShapeDtypeStruct((batch, dim_p // block_d, num_chunks, 1), jnp.float32), "per_block")),
