@@ -13,6 +13,7 @@ from typing import Any
 
 import grain
 import orbax.checkpoint as ocp
+from flax import traverse_util
 
 log = logging.getLogger("hnet")
 
@@ -63,3 +64,60 @@ def restore(manager: ocp.CheckpointManager, abstract_state: Any, data_iterator=N
     return candidate, restored["state"]
   raise CheckpointError(f"no readable checkpoint in {manager.directory}:\n  " + "\n  ".join(errors)
                         + "\nDelete the damaged step directories or start a new --workdir.")
+
+
+def _step_directory(path: str) -> str:
+  """A run directory, its checkpoints/ folder, or one checkpoints/<step> folder -> the
+  newest complete step folder (one holding a `state` item)."""
+  path = os.path.abspath(path)
+  if os.path.isdir(os.path.join(path, "state")):
+    return path
+  folder = os.path.join(path, "checkpoints") if os.path.isdir(os.path.join(path, "checkpoints")) else path
+  steps = sorted((int(name) for name in (os.listdir(folder) if os.path.isdir(folder) else [])
+                  if name.isdigit() and os.path.isdir(os.path.join(folder, name, "state"))),
+                 reverse=True)
+  if not steps:
+    raise CheckpointError(f"train.init_from={path!r} holds no checkpoint: give a run directory "
+                          "(with checkpoints/<step>/state), its checkpoints/ folder or one step folder.")
+  return os.path.join(folder, str(steps[0]))
+
+
+def load_params(path: str, abstract_params: Any) -> tuple[dict[str, Any], list[str]]:
+  """Reads the parameters of another run's checkpoint that this model also has (same
+  path and shape) straight into `abstract_params`' shardings (warm start, e.g. MrT5 from a
+  trained ByT5, as the MrT5 paper does).
+
+  Returns ({flattened key (a tuple): array} for the copied ones, ["a/b/c" names of the
+  parameters this model has that the checkpoint lacks]). Raises CheckpointError when the checkpoint cannot be read, when a
+  shared parameter has another shape, or when nothing matches.
+  """
+  state_dir = os.path.join(_step_directory(path), "state")
+  checkpointer = ocp.PyTreeCheckpointer()
+  try:
+    saved = checkpointer.metadata(state_dir).item_metadata.tree["params"]
+  except Exception as e:  # orbax raises many types for unreadable files.
+    raise CheckpointError(f"cannot read the checkpoint in {state_dir} ({type(e).__name__}: "
+                          f"{str(e)[:200]}); point train.init_from at a complete checkpoint.") from e
+  def by_name(tree) -> dict[str, tuple]:  # "encoder_layers/0/attn/key/kernel" -> the tree's key
+    return {"/".join(map(str, key)): key for key in traverse_util.flatten_dict(tree)}
+  saved_keys, model_keys = by_name(dict(saved)), by_name(abstract_params)
+  saved_flat = traverse_util.flatten_dict(dict(saved))
+  wanted = traverse_util.flatten_dict(abstract_params)
+  shared = sorted(set(saved_keys) & set(model_keys))
+  shape = lambda tree, keys, name: tuple(tree[keys[name]].shape)
+  mismatched = [f"{name}: checkpoint {shape(saved_flat, saved_keys, name)} vs model "
+                f"{shape(wanted, model_keys, name)}" for name in shared
+                if shape(saved_flat, saved_keys, name) != shape(wanted, model_keys, name)]
+  if mismatched:
+    raise CheckpointError(f"train.init_from={path!r}: {len(mismatched)} shared parameter(s) differ "
+                          "in shape (was the source trained with another width or vocabulary?):\n  "
+                          + "\n  ".join(mismatched[:10]))
+  if not shared:
+    raise CheckpointError(f"train.init_from={path!r} shares no parameter with this model: "
+                          "check that it is a run of the same family.")
+  item = {"params": traverse_util.unflatten_dict({saved_keys[n]: wanted[model_keys[n]] for n in shared})}
+  restore_args = ocp.checkpoint_utils.construct_restore_args(item)
+  restored = traverse_util.flatten_dict(checkpointer.restore(state_dir, args=ocp.args.PyTreeRestore(
+      item=item, restore_args=restore_args, partial_restore=True))["params"])
+  copied = {model_keys[n]: restored[saved_keys[n]] for n in shared}
+  return copied, sorted(set(model_keys) - set(shared))

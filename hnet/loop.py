@@ -26,7 +26,7 @@ from hnet.optim import schedule
 from hnet.perf import compiled_flops, compiled_memory, measure_matmul_peak
 from hnet.metrics import MetricLogger
 from hnet.train import (Setup, bits_per_byte, init_state, jit_eval_step, jit_train_step,
-                        make_setup)
+                        make_setup, warm_start)
 
 log = logging.getLogger("hnet")
 
@@ -138,6 +138,8 @@ def run(config, workdir: str) -> dict[str, Any]:
     log.info("resumed from step %d in %s", start, manager.directory)
   else:
     start, state = 0, init_state(setup)
+    if config.train.init_from:
+      state = warm_start(setup, state, config.train.init_from)
   if jax.process_index() == 0:
     with open(os.path.join(workdir, "config.json"), "w") as f:
       f.write(config.to_json_best_effort(indent=2))

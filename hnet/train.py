@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import logging
 import math
 from typing import Any, Callable
 
@@ -15,10 +16,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from flax import nnx
+from flax import nnx, traverse_util
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from hnet import sharding
+from hnet import checkpoint, sharding
 from hnet.models import build_model, controller_for
 from hnet.models.output import ModelOutput
 from hnet.optim import make_optimizer
@@ -86,6 +87,20 @@ def init_state(setup: Setup) -> Any:
             "rng": jax.random.key_data(jax.random.key(cfg.seed + 1)), "extra": extra}
   with jax.set_mesh(setup.mesh), sharding.rules(cfg.mesh.get("rules", sharding.DEFAULT_RULES)):
     return jax.jit(init, out_shardings=setup.state_shardings)()
+
+
+def warm_start(setup: Setup, state: Any, path: str) -> Any:
+  """`state` with the parameters it shares with the checkpoint at `path` copied in
+  (train.init_from); the others (e.g. MrT5's delete gate on a ByT5 run) keep their init.
+  The optimizer state is built afresh for the new parameters; step, RNG and data start
+  from zero, as in a new run."""
+  copied, missing = checkpoint.load_params(path, setup.abstract_state["params"])
+  params = traverse_util.unflatten_dict({**traverse_util.flatten_dict(state["params"]), **copied})
+  with jax.set_mesh(setup.mesh):
+    opt_state = jax.jit(setup.tx.init, out_shardings=setup.state_shardings["opt_state"])(params)
+  logging.getLogger("hnet").info("warm start from %s: %d parameter arrays copied; new: %s", path,
+                                 len(copied), ", ".join(missing) or "none")
+  return {**state, "params": params, "opt_state": opt_state}
 
 
 def merge_model(graphdef, params) -> nnx.Module:

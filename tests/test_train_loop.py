@@ -138,6 +138,40 @@ def test_corrupt_latest_checkpoint_falls_back(corpus, tmp_path, caplog):
     checkpoint.restore(manager, setup.abstract_state)
 
 
+def test_warm_start_copies_shared_params_and_keeps_new_ones(corpus, tmp_path, caplog):
+  import jax
+  from flax import nnx, traverse_util
+  from hnet import checkpoint, loop, sharding
+  from hnet.runs import load_model
+  from hnet.train import init_state, make_setup, warm_start
+  source = str(tmp_path / "source")
+  loop.run(config_for(corpus, **{"train.steps": 2}), source)
+  trained = traverse_util.flatten_dict(nnx.to_pure_dict(nnx.state(load_model(source)[0], nnx.Param)))
+  deeper = config_for(corpus, **{"model.num_layers": 3})  # one layer more than the source
+  setup = make_setup(deeper, sharding.make_mesh(1, 1, 1, devices=jax.devices()[:1]))
+  fresh = init_state(setup)
+  with caplog.at_level("INFO", logger="hnet"):
+    warmed = warm_start(setup, fresh, source)
+  before = traverse_util.flatten_dict(fresh["params"])
+  after = traverse_util.flatten_dict(warmed["params"])
+  copied = [k for k in after if k in trained]
+  new = [k for k in after if k not in trained]
+  assert copied and new and all("2" in map(str, k) for k in new)  # only the third layer is new
+  for key in copied:
+    np.testing.assert_array_equal(np.asarray(after[key]), np.asarray(trained[key]))
+  for key in new:
+    np.testing.assert_array_equal(np.asarray(after[key]), np.asarray(before[key]))
+  assert "warm start" in caplog.text and f"{len(copied)} parameter arrays copied" in caplog.text
+  assert int(warmed["step"]) == 0
+
+  wider = config_for(corpus, **{"model.dim": 48})
+  setup = make_setup(wider, sharding.make_mesh(1, 1, 1, devices=jax.devices()[:1]))
+  with pytest.raises(checkpoint.CheckpointError, match="differ in shape"):
+    warm_start(setup, init_state(setup), source)
+  with pytest.raises(checkpoint.CheckpointError, match="holds no checkpoint"):
+    warm_start(setup, init_state(setup), str(tmp_path / "empty"))
+
+
 def test_missing_checkpoint_is_a_clear_error(tmp_path):
   from hnet.runs import load_model
   with pytest.raises(FileNotFoundError, match="not a run directory"):
