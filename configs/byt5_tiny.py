@@ -12,4 +12,5 @@ def get_config() -> ml_collections.ConfigDict:
   c.model.name = "byt5"
   c.model.gate_layer = 0  # no delete gate (build() also ignores it for "byt5")
   c.model.softmax1 = False  # plain softmax attention everywhere, as in ByT5
+  c.train.lr_multipliers = ml_collections.ConfigDict()  # MrT5's are for its gate
   return c

@@ -89,8 +89,11 @@ def test_relative_position_buckets():
 
 # ------------------------------------------------------------------ gate
 
+PAPER_GATE = dict(gate_standardise=False, gate_logit_spread=0.32, gate_bias_init=-10.0)
+
+
 def test_gate_shape_range_and_init_keeps_everything():
-  model = make_model()
+  model = make_model(**PAPER_GATE)  # the paper's init; mrt5_tiny's deletes about half at once
   batch = enc_dec_batch(0, 2, 24, 8)
   front = encode_front(model, batch)
   gate = np.asarray(front["gate"])
@@ -103,6 +106,45 @@ def test_gate_shape_range_and_init_keeps_everything():
   gate = np.asarray(encode_front(model, batch)["gate"])
   assert np.all(gate < 0) and np.all(gate >= -30)  # float32 sigmoid saturates at 1
   assert 0.2 < np.mean(gate < -15) < 0.8
+
+
+def test_standardise_over_segments_is_per_document():
+  rng = np.random.default_rng(0)
+  x = rng.normal(size=(2, 12, 8)).astype(np.float32) + 5.0  # a large shared offset
+  seg = np.array([[1] * 5 + [2] * 7, [1] * 9 + [0] * 3], np.int32)
+  out = np.asarray(mrt5.standardise_over_segments(jnp.asarray(x), jnp.asarray(seg)))
+  for row, doc in [(0, 1), (0, 2), (1, 1)]:
+    part = out[row][seg[row] == doc]
+    np.testing.assert_allclose(part.mean(0), 0.0, atol=1e-5)
+    np.testing.assert_allclose(np.mean(part ** 2), 1.0, rtol=1e-4)
+  assert np.all(out[1, 9:] == 0.0)  # padding
+  changed = x.copy()
+  changed[0, 5:] += rng.normal(size=(7, 8)).astype(np.float32) * 3  # document 2 only
+  again = np.asarray(mrt5.standardise_over_segments(jnp.asarray(changed), jnp.asarray(seg)))
+  np.testing.assert_array_equal(again[0, :5], out[0, :5])  # document 1 does not see it
+
+
+def test_standardised_gate_spreads_logits_of_anisotropic_states():
+  """States that share one dominant direction (as a trained encoder's do): the plain gate's
+  logits are nearly equal across bytes, so a threshold deletes all or nothing; standardised
+  over the document they spread about `logit_spread`, so the deletion ratio moves smoothly
+  with the bias."""
+  dim, length = 32, 400
+  rng = np.random.default_rng(1)
+  common = rng.normal(size=dim)
+  h = jnp.asarray((10 * common + 0.3 * rng.normal(size=(length, dim)))[None], jnp.float32)
+  seg = jnp.ones((1, length), jnp.int32)
+
+  def ratios(standardise):
+    gate = mrt5.DeleteGate(dim, rngs=nnx.Rngs(0), bias_init=0.0, logit_spread=4.0,
+                           standardise=standardise)
+    z = np.asarray(gate.logits(h, seg))[0] - float(gate.bias[...])
+    return z.std(), [float(np.mean(z + b > 0)) for b in np.linspace(-2, 2, 9) - np.median(z)]
+  plain_std, _ = ratios(False)
+  std, curve = ratios(True)
+  assert plain_std < 0.5 and 2.0 < std < 6.0, (plain_std, std)
+  assert np.all(np.diff(curve) >= 0) and max(np.diff(curve)) < 0.25, curve  # no jump
+  assert 0.2 < curve[0] < 0.5 < curve[-1] < 0.8, curve
 
 
 def test_gate_reg_uses_batch_alpha_and_reports_ratio():

@@ -136,6 +136,21 @@ class Controller:
 
 # --------------------------------------------------------------------------- layers
 
+def standardise_over_segments(x: jax.Array, segment_ids: jax.Array, eps: float = 1e-6) -> jax.Array:
+  """x [B, L, D] minus its mean over the real bytes of the same document (same row, same
+  segment id > 0), divided by that document's RMS deviation per feature; padding -> 0."""
+  batch, length, dim = x.shape
+  ids = (jnp.arange(batch)[:, None] * (length + 1) + segment_ids).reshape(-1)  # one id per document
+  real = (segment_ids > 0).reshape(-1).astype(x.dtype)
+  num = batch * (length + 1)
+  flat = x.reshape(-1, dim) * real[:, None]
+  count = jnp.maximum(jax.ops.segment_sum(real, ids, num_segments=num), 1.0)
+  mean = jax.ops.segment_sum(flat, ids, num_segments=num) / count[:, None]
+  centred = (flat - mean[ids]) * real[:, None]
+  variance = jax.ops.segment_sum(jnp.sum(centred ** 2, axis=-1), ids, num_segments=num) / (count * dim)
+  return (centred * jax.lax.rsqrt(variance[ids] + eps)[:, None]).reshape(batch, length, dim)
+
+
 class DeleteGate(nnx.Module):
   """G = k * sigmoid(w . RMSNorm(h) + b): [B, L, D] -> [B, L] float32 in (k, 0).
 
@@ -144,15 +159,31 @@ class DeleteGate(nnx.Module):
   threshold on them then moves smoothly with b instead of jumping from 0 to 1."""
 
   def __init__(self, dim: int, *, rngs: nnx.Rngs, k: float = GATE_K, bias_init: float = -10.0,
-               logit_spread: float = DEFAULT_STD * 16.0):
+               logit_spread: float = DEFAULT_STD * 16.0, standardise: bool = False):
+    self.standardise = standardise
     self.norm = RMSNorm(dim)
     self.weight = normal_param(rngs, (dim,), ("embed",), std=logit_spread / math.sqrt(dim))
     self.bias = nnx.Param(jnp.full((), bias_init, jnp.float32), axes=())
     self.k = k
 
-  def __call__(self, h: jax.Array) -> jax.Array:
-    z = jnp.einsum("bld,d->bl", self.norm(h).astype(jnp.float32), self.weight[...]) + self.bias[...]
-    return self.k * jax.nn.sigmoid(z)
+  def logits(self, h: jax.Array, segment_ids: jax.Array | None = None) -> jax.Array:
+    """z = w . RMSNorm(h) + b: [B, L, D] -> [B, L] float32 (deleted where z > 0).
+
+    standardise=True: RMSNorm(h) is first standardised over the bytes of its own
+    document (segment_ids [B, L], 0 = padding): a trained encoder's normalised states
+    share one dominant direction (measured on the tiny ByT5: |mean| 10.9 of 11.3), so
+    w . RMSNorm(h) barely differs between bytes; standardised, the logits of a document's
+    bytes spread about logit_spread around b, and b sets the share deleted smoothly."""
+    features = self.norm(h).astype(jnp.float32)
+    if self.standardise:
+      if segment_ids is None:
+        raise ValueError("a standardising delete gate needs the segment_ids of its bytes")
+      features = standardise_over_segments(features, segment_ids)
+    return jnp.einsum("bld,d->bl", features, self.weight[...]) + self.bias[...]
+
+  def __call__(self, h: jax.Array, segment_ids: jax.Array | None = None) -> jax.Array:
+    return self.k * jax.nn.sigmoid(self.logits(h, segment_ids))
+
 
 
 class CrossAttention(nnx.Module):
@@ -264,7 +295,7 @@ class MrT5(nnx.Module):
                hard_delete_fractions: Sequence[float] = DEFAULT_HARD_DELETE_FRACTIONS,
                softmax1_from: int = 0, gate_into_encoder: bool = True,
                gate_binarize_weight: float = 0.0,
-               dtype=jnp.float32):
+               gate_standardise: bool = False, dtype=jnp.float32):
     if not 0 <= gate_layer <= num_encoder_layers:
       raise ValueError(f"gate_layer={gate_layer} must lie in [0, {num_encoder_layers}] "
                        "(0 = no delete gate, i.e. ByT5)")
@@ -287,7 +318,7 @@ class MrT5(nnx.Module):
                      use_softmax1=bool(softmax1_from) and index >= softmax1_from, **block_args)
         for index in range(num_encoder_layers)])
     self.gate = (DeleteGate(dim, rngs=rngs, k=gate_k, bias_init=gate_bias_init,
-                            logit_spread=gate_logit_spread)
+                            logit_spread=gate_logit_spread, standardise=gate_standardise)
                  if gate_layer else None)
     self.encoder_norm = RMSNorm(dim)
     self.decoder_position_bias = RelativePositionBias(
@@ -317,7 +348,9 @@ class MrT5(nnx.Module):
       # gate_into_encoder=False: the gate reads the encoder but its gradients (task and
       # regulariser) train only the gate's own parameters, so alpha moves the gate at the
       # gate's learning rate instead of reshaping the whole front encoder.
-      gate = self.gate(x if self.gate_into_encoder else jax.lax.stop_gradient(x))
+      logits = self.gate.logits(x if self.gate_into_encoder else jax.lax.stop_gradient(x),
+                                segment_ids)
+      gate = self.gate_k * jax.nn.sigmoid(logits)
     return {"hidden": x, "segment_ids": segment_ids, "positions": positions, "gate": gate}
 
   def encode_back(self, front: dict[str, Any], capacity: int | None = None) -> dict[str, Any]:
@@ -510,4 +543,5 @@ def build(cfg, rngs: nnx.Rngs) -> MrT5:
               softmax1_from=cfg.get("gate_layer", 3) if cfg.get("softmax1", False) else 0,
               gate_into_encoder=cfg.get("gate_into_encoder", True),
               gate_binarize_weight=cfg.get("gate_binarize_weight", 0.0),
+              gate_standardise=cfg.get("gate_standardise", False),
               dtype=jnp.dtype(cfg.get("dtype", "float32")))
