@@ -40,7 +40,7 @@ def get_config() -> ml_collections.ConfigDict:
   m.gate_alpha = 0.0               # alpha when the batch has no "mrt5_alpha" (controller off)
   m.target_deletion_ratio = 0.5    # PI controller target
   m.controller_kp = 0.05           # PI controller proportional gain (p <- 0.9 p + k_p e)
-  m.controller_ki = 2e-3           # PI controller integral gain (paper: 1e-5, for runs of thousands of steps)
+  m.controller_ki = 1e-5           # PI controller integral gain
   m.controller_two_sided = True    # alpha may go negative (paper: max(0, .)); see mrt5.py
   m.controller_measure = "hard"    # hard: share of G < k/2 | soft: mean(G) / k
   m.hard_delete_fractions = (0.25, 0.5, 0.75, 1.0)  # inference capacity buckets (x L)
