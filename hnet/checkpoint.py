@@ -98,16 +98,13 @@ def load_params(path: str, abstract_params: Any) -> tuple[dict[str, Any], list[s
   except Exception as e:  # orbax raises many types for unreadable files.
     raise CheckpointError(f"cannot read the checkpoint in {state_dir} ({type(e).__name__}: "
                           f"{str(e)[:200]}); point train.init_from at a complete checkpoint.") from e
-  def by_name(tree) -> dict[str, tuple]:  # "encoder_layers/0/attn/key/kernel" -> the tree's key
-    return {"/".join(map(str, key)): key for key in traverse_util.flatten_dict(tree)}
-  saved_keys, model_keys = by_name(dict(saved)), by_name(abstract_params)
-  saved_flat = traverse_util.flatten_dict(dict(saved))
-  wanted = traverse_util.flatten_dict(abstract_params)
-  shared = sorted(set(saved_keys) & set(model_keys))
-  shape = lambda tree, keys, name: tuple(tree[keys[name]].shape)
-  mismatched = [f"{name}: checkpoint {shape(saved_flat, saved_keys, name)} vs model "
-                f"{shape(wanted, model_keys, name)}" for name in shared
-                if shape(saved_flat, saved_keys, name) != shape(wanted, model_keys, name)]
+  def by_name(tree) -> dict[str, tuple[tuple, Any]]:  # "encoder_layers/0/attn/key/kernel" -> (key, leaf)
+    return {"/".join(map(str, key)): (key, leaf) for key, leaf in traverse_util.flatten_dict(tree).items()}
+  saved_named, model_named = by_name(dict(saved)), by_name(abstract_params)
+  shared = sorted(set(saved_named) & set(model_named))
+  shape = lambda named, name: tuple(named[name][1].shape)
+  mismatched = [f"{name}: checkpoint {shape(saved_named, name)} vs model {shape(model_named, name)}"
+                for name in shared if shape(saved_named, name) != shape(model_named, name)]
   if mismatched:
     raise CheckpointError(f"train.init_from={path!r}: {len(mismatched)} shared parameter(s) differ "
                           "in shape (was the source trained with another width or vocabulary?):\n  "
@@ -115,9 +112,9 @@ def load_params(path: str, abstract_params: Any) -> tuple[dict[str, Any], list[s
   if not shared:
     raise CheckpointError(f"train.init_from={path!r} shares no parameter with this model: "
                           "check that it is a run of the same family.")
-  item = {"params": traverse_util.unflatten_dict({saved_keys[n]: wanted[model_keys[n]] for n in shared})}
+  item = {"params": traverse_util.unflatten_dict({saved_named[n][0]: model_named[n][1] for n in shared})}
   restore_args = ocp.checkpoint_utils.construct_restore_args(item)
   restored = traverse_util.flatten_dict(checkpointer.restore(state_dir, args=ocp.args.PyTreeRestore(
       item=item, restore_args=restore_args, partial_restore=True))["params"])
-  copied = {model_keys[n]: restored[saved_keys[n]] for n in shared}
-  return copied, sorted(set(model_keys) - set(shared))
+  copied = {model_named[n][0]: restored[saved_named[n][0]] for n in shared}
+  return copied, sorted(set(model_named) - set(shared))
