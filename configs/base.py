@@ -58,6 +58,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.train.eval_every = 250
   c.train.eval_batches = 16      # batches of the held-out split per evaluation
   c.train.max_seconds = 0.0      # stop (and checkpoint) after this wall time; 0 = off
+  c.train.profile_steps = ""     # "N,M": jax.profiler trace of steps N..M into <workdir>/tb (TensorBoard)
   # Warm start: a run directory (or checkpoint folder) whose parameters, where this model
   # has the same ones, initialise a new run; optimizer, step and data start afresh.
   # Ignored when --workdir already has checkpoints (the run resumes instead).

@@ -19,11 +19,12 @@ from typing import Any, Iterator
 
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 
 from hnet import checkpoint, sharding
 from hnet.data import pipeline
 from hnet.optim import schedule
-from hnet.perf import compiled_flops, compiled_memory, measure_matmul_peak
+from hnet.perf import ProfileWindow, compiled_flops, compiled_memory, measure_matmul_peak
 from hnet.metrics import MetricLogger
 from hnet.train import (Setup, bits_per_byte, init_state, jit_eval_step, jit_train_step,
                         make_setup, warm_start)
@@ -36,13 +37,24 @@ class NonFiniteLossError(RuntimeError):
 
 
 class _Preemption:
-  """Turns SIGTERM into a flag the loop checks once per step."""
+  """SIGTERM (a scheduler's preemption or time-limit notice, TPU maintenance) -> a stop
+  at a step that every process agrees on, so that all save the same checkpoint.
+
+  One process: a Python SIGTERM handler sets a flag the loop reads once per step.
+  Several processes: jax.distributed's preemption sync manager has caught SIGTERM since
+  jax.distributed.initialize; a notice on any host reaches the others through the
+  coordination service, and `reached(step)` turns True on every host at the same step
+  (the largest step any host had reached, plus one). No Python handler is installed
+  then: it would replace JAX's."""
 
   def __init__(self):
     self.requested = False
     self._previous = None
+    self._multi = jax.process_count() > 1
 
   def __enter__(self):
+    if self._multi:
+      return self
     try:
       self._previous = signal.signal(signal.SIGTERM, self._handle)
     except ValueError:  # not the main thread
@@ -53,9 +65,28 @@ class _Preemption:
     del signum, frame
     self.requested = True
 
+  def reached(self, step: int) -> bool:
+    """Called once per step with the step just completed, on every process."""
+    if self._multi and multihost_utils.reached_preemption_sync_point(step):
+      self.requested = True
+    return self.requested
+
   def __exit__(self, *exc):
     if self._previous is not None:
       signal.signal(signal.SIGTERM, self._previous)
+
+
+def _out_of_time(config, started: float, at_log_step: bool) -> bool:
+  """train.max_seconds passed. Several processes read their clocks at different moments,
+  so there process 0 decides, at log steps only (the same steps on every process)."""
+  if not config.train.max_seconds:
+    return False
+  late = time.perf_counter() - started > config.train.max_seconds
+  if jax.process_count() == 1:
+    return late
+  if not at_log_step:
+    return False
+  return bool(multihost_utils.broadcast_one_to_all(np.asarray(late)))
 
 
 def data_iterator(config, split: str, *, repeat: bool, seed_offset: int = 0):
@@ -129,7 +160,10 @@ def run(config, workdir: str) -> dict[str, Any]:
   os.makedirs(workdir, exist_ok=True)
   _prepare_bpe(config, workdir)
   mesh = sharding.make_mesh(config.mesh.data, config.mesh.fsdp, config.mesh.tensor)
+  log.info("mesh %s over %d devices", dict(mesh.shape), mesh.size)
   setup = make_setup(config, mesh)
+  profile = ProfileWindow(config.train.get("profile_steps", ""), config.train.steps,
+                          os.path.join(workdir, "tb"))
   manager = checkpoint.make_manager(os.path.join(workdir, "checkpoints"), keep=config.checkpoint.keep,
                                     async_save=config.checkpoint.async_save)
   train_iter = data_iterator(config, config.data.train_split, repeat=True)
@@ -163,13 +197,14 @@ def run(config, workdir: str) -> dict[str, Any]:
   batch, step = example, start
   with _Preemption() as preemption:
     while step < config.train.steps:
+      profile.before(step + 1)
       state, metrics = compiled(state, batch)
       step += 1
+      profile.after(step, state)
       logger.advance()
       log_now = step % config.train.log_every == 0 or step == config.train.steps
       save_now = step % config.checkpoint.every == 0 or step == config.train.steps
-      out_of_time = config.train.max_seconds and time.perf_counter() - started > config.train.max_seconds
-      stop = preemption.requested or out_of_time
+      stop = preemption.reached(step) or _out_of_time(config, started, log_now)
       if pending is not None:  # fetched one step late, so dispatch stays asynchronous
         _log_train(logger, summary, *pending, lr_at, last_time, last_step, step_flops, peak)
         last_time, last_step = time.perf_counter(), pending[0]
@@ -191,6 +226,7 @@ def run(config, workdir: str) -> dict[str, Any]:
         break
       if step < config.train.steps:
         batch = to_global(setup, next(train_iter))
+  profile.close()
   if pending is not None:
     _log_train(logger, summary, *pending, lr_at, last_time, last_step, step_flops, peak)
   manager.wait_until_finished()

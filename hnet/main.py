@@ -4,8 +4,9 @@
       --config.train.steps=200 --config.model.num_layers=2
 
 Every config field can be overridden; an unknown key is an error that names it.
-Multi-host: start one process per host with --coordinator=host:port
---num_processes=N --process_id=i (or let jax.distributed auto-detect on TPU/SLURM).
+Multi-host: the same command on every host. Under SLURM (`srun`, launch/slurm.sbatch) and on
+Cloud TPU VMs (launch/tpu.py) jax.distributed finds the other processes itself; elsewhere
+give --coordinator=host:port --num_processes=N --process_id=i (hnet/distributed.py).
 """
 from __future__ import annotations
 
@@ -20,19 +21,24 @@ FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", "configs/transformer_tiny.py", "experiment config file",
                                 lock_config=True)
 flags.DEFINE_string("workdir", "runs/default", "run directory: checkpoints, TensorBoard, metrics")
-flags.DEFINE_string("coordinator", "", "multi-process: coordinator address host:port")
-flags.DEFINE_integer("num_processes", 1, "multi-process: number of processes")
-flags.DEFINE_integer("process_id", 0, "multi-process: this process's index")
+flags.DEFINE_string("coordinator", "", "multi-process: coordinator address host:port "
+                    "(overrides SLURM / Cloud TPU detection)")
+flags.DEFINE_integer("num_processes", None, "multi-process: number of processes (overrides detection)")
+flags.DEFINE_integer("process_id", None, "multi-process: this process's index (overrides detection)")
 
 
 def main(argv):
   del argv
-  import jax
-  if FLAGS.coordinator:
-    jax.distributed.initialize(FLAGS.coordinator, FLAGS.num_processes, FLAGS.process_id)
-  from hnet import loop
   logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
   logging.getLogger("absl").setLevel(logging.WARNING)
+  import jax
+  from hnet import distributed
+  try:
+    cluster = distributed.initialize(FLAGS.coordinator, FLAGS.num_processes, FLAGS.process_id)
+  except ValueError as e:
+    sys.exit(f"launch error: {e}")
+  logging.getLogger("hnet").info("%s", distributed.describe(cluster))
+  from hnet import loop
   summary = loop.run(FLAGS.config, FLAGS.workdir)
   if jax.process_index() == 0 and "eval" in summary:
     ev = summary["eval"]

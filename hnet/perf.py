@@ -38,3 +38,40 @@ def compiled_memory(compiled) -> dict[str, Any]:
   return {"argument_bytes": m.argument_size_in_bytes, "output_bytes": m.output_size_in_bytes,
           "temp_bytes": m.temp_size_in_bytes, "alias_bytes": m.alias_size_in_bytes,
           "generated_code_bytes": m.generated_code_size_in_bytes}
+
+
+class ProfileWindow:
+  """train.profile_steps = "N,M": a jax.profiler trace of steps N..M (1-based, inclusive)
+  written under `log_dir` (plugins/profile/<run>/, what TensorBoard's profile plugin reads).
+  "" = off. Call before(step) before running step `step`, after(step, state) after it."""
+
+  def __init__(self, spec: str, total_steps: int, log_dir: str):
+    self.first = self.last = 0
+    self.log_dir = log_dir
+    self.active = False
+    if not spec:
+      return
+    try:
+      first, last = (int(s) for s in str(spec).split(","))
+    except ValueError:
+      first = last = -1
+    if not 1 <= first <= last <= total_steps:
+      raise ValueError(f"train.profile_steps={spec!r}: give two steps 'N,M' with "
+                       f"1 <= N <= M <= train.steps ({total_steps}), e.g. --config.train.profile_steps=5,7")
+    self.first, self.last = first, last
+
+  def before(self, step: int) -> None:
+    if self.first and step == self.first:
+      jax.profiler.start_trace(self.log_dir)
+      self.active = True
+
+  def after(self, step: int, state: Any) -> None:
+    if self.active and (step >= self.last):
+      jax.block_until_ready(state)  # the trace holds the steps' device work, not just dispatch
+      jax.profiler.stop_trace()
+      self.active = False
+
+  def close(self) -> None:
+    if self.active:  # a run stopped inside the window still keeps what it traced
+      jax.profiler.stop_trace()
+      self.active = False
