@@ -62,3 +62,13 @@ def load_model(workdir: str, step: int | None = None) -> tuple[nnx.Module, ml_co
   finally:
     manager.close()
   return merge_model(setup.graphdef, state["params"]), config, step
+
+
+def training_finished(workdir: str) -> bool:
+  """Whether the run in `workdir` trained all its steps (its summary.json says so). False
+  when it stopped early (SIGTERM, time budget) or has not run: launchers requeue then."""
+  from etils import epath  # local paths and gs:// alike
+  summary, config = epath.Path(workdir) / "summary.json", epath.Path(workdir) / "config.json"
+  if not (summary.exists() and config.exists()):
+    return False
+  return json.loads(summary.read_text())["step"] >= json.loads(config.read_text())["train"]["steps"]

@@ -1,0 +1,79 @@
+"""launch/slurm.sbatch on a real single-node SLURM cluster (slurmctld, slurmd, munged started
+here on 127.0.0.1, see tests/slurm_cluster.py): 2 tasks train like 1 process, and a job
+stopped by `scancel --signal=TERM` requeues itself and ends with the losses of an
+uninterrupted run."""
+import os
+import re
+import subprocess
+import time
+
+import pytest
+
+import slurm_cluster
+from test_train_loop import ROOT, _free_port, corpus, overrides, train_cli, train_losses  # noqa: F401
+
+pytestmark = [pytest.mark.slow,
+              pytest.mark.skipif(bool(slurm_cluster.missing()), reason=slurm_cluster.missing())]
+STEPS = {"train.steps": 24, "checkpoint.every": 2, "mesh.data": 2}
+
+
+@pytest.fixture(scope="module")
+def slurm(tmp_path_factory):
+  with slurm_cluster.LocalSlurm(str(tmp_path_factory.mktemp("slurm")), cpus=2) as cluster:
+    yield cluster
+
+
+@pytest.fixture(scope="module")
+def reference(corpus, tmp_path_factory):
+  """Per-step losses of the same run in one process over 2 simulated devices."""
+  workdir = tmp_path_factory.mktemp("single") / "run"
+  cmd, env = train_cli(workdir, corpus, **STEPS)
+  env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
+  result = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+  assert result.returncode == 0, result.stderr[-2000:]
+  return train_losses(workdir)
+
+
+def submit(slurm, corpus, workdir, log):
+  """launch/slurm.sbatch as a user submits it, with this test cluster's partition, no GPUs,
+  and 2 tasks on the node (one per simulated CPU device)."""
+  port = _free_port()
+  env = {"XLA_FLAGS": "", "JAX_PLATFORMS": "cpu", "JAX_COORDINATOR_PORT": str(port),
+         "JAX_COORDINATOR_BIND_ADDRESS": f"127.0.0.1:{port}"}
+  return slurm.submit(["--partition=test", "--gpus-per-node=0", "--ntasks-per-node=2",
+                       f"--output={log}", "launch/slurm.sbatch", "configs/transformer_tiny.py",
+                       str(workdir)] + overrides(corpus, **STEPS), cwd=ROOT, env=env)
+
+
+def assert_same_losses(got, expected):
+  assert set(got) == set(expected) == set(range(1, STEPS["train.steps"] + 1))
+  for step in expected:
+    assert got[step] == pytest.approx(expected[step], rel=1e-5), step
+
+
+def test_two_tasks_train_like_one_process(slurm, corpus, reference, tmp_path):
+  log = tmp_path / "job.out"
+  job = submit(slurm, corpus, tmp_path / "run", log)
+  info = slurm.wait(job, timeout=400)
+  output = log.read_text(errors="replace")
+  assert info["JobState"] == "COMPLETED" and info["Restarts"] == "0", output[-3000:]
+  assert "process 1 of 2 via slurm" in output and "devices 1 local / 2 global" in output
+  assert_same_losses(train_losses(tmp_path / "run"), reference)
+
+
+def test_sigterm_requeues_and_resumes_exactly(slurm, corpus, reference, tmp_path):
+  log, workdir = tmp_path / "job.out", tmp_path / "run"
+  job = submit(slurm, corpus, workdir, log)
+  deadline = time.time() + 300
+  while time.time() < deadline and not (workdir / "checkpoints" / "2").is_dir():
+    assert slurm.job(job)["JobState"] in ("PENDING", "RUNNING"), log.read_text(errors="replace")[-3000:]
+    time.sleep(0.05)
+  assert slurm.scancel("--signal=TERM", job).returncode == 0
+  info = slurm.wait(job, states=("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT"), timeout=500)
+  output = log.read_text(errors="replace")
+  assert info["JobState"] == "COMPLETED" and info["Restarts"] == "1", output[-4000:]
+  stopped = [int(s) for s in re.findall(r"stopping at step (\d+) \(SIGTERM\)", output)]
+  assert len(stopped) == 2 and len(set(stopped)) == 1, output[-4000:]  # both tasks, one step
+  assert 2 <= stopped[0] < STEPS["train.steps"]
+  assert f"resumed from step {stopped[0]}" in output and "requeueing job" in output
+  assert_same_losses(train_losses(workdir), reference)
