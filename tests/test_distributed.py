@@ -71,28 +71,46 @@ def test_profile_steps_write_a_tensorboard_trace(corpus, tmp_path):
     loop.run(config_for(corpus, **{"train.steps": 4, "train.profile_steps": "3,9"}), str(tmp_path / "bad"))
 
 
-@pytest.mark.slow
-def test_sigterm_on_one_host_stops_every_host_at_the_same_step(corpus, tmp_path):
-  """Two processes found through TPU_WORKER_HOSTNAMES/TPU_WORKER_ID; SIGTERM reaches only
-  process 1 (as a maintenance event on one TPU host would): both save the same step, exit 0."""
-  workdir = tmp_path / "run"
+def start_two_processes(workdir, corpus, **extra):
+  """Two processes found through TPU_WORKER_HOSTNAMES/TPU_WORKER_ID, training one run."""
   port = _free_port()
   procs = []
   for worker in range(2):
     cmd, env = train_cli(workdir, corpus, **{"train.steps": 100000, "checkpoint.every": 100000,
-                                             "mesh.data": 2})
+                                             "mesh.data": 2, **extra})
     env.update(TPU_WORKER_HOSTNAMES="127.0.0.1,127.0.0.1", TPU_WORKER_ID=str(worker),
-               JAX_COORDINATOR_PORT=str(port))
+               JAX_COORDINATOR_PORT=str(port), JAX_COORDINATOR_BIND_ADDRESS=f"127.0.0.1:{port}")
     procs.append(subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE,
                                   stderr=subprocess.STDOUT, text=True))
+  return procs
+
+
+def assert_stopped_together(procs, workdir, reason):
+  outputs = [p.communicate(timeout=300)[0] for p in procs]
+  assert [p.returncode for p in procs] == [0, 0], outputs[1][-3000:]
+  assert "process 1 of 2 via tpu-env" in outputs[1]
+  stops = [int(re.search(rf"stopping at step (\d+) \({reason}\)", out).group(1)) for out in outputs]
+  saved = [int(p) for p in os.listdir(workdir / "checkpoints") if p.isdigit()]
+  assert stops[0] == stops[1] == max(saved) > 1
+
+
+@pytest.mark.slow
+def test_sigterm_on_one_host_stops_every_host_at_the_same_step(corpus, tmp_path):
+  """SIGTERM reaches only process 1 (as a maintenance event on one TPU host would): both
+  save the same step and exit 0."""
+  workdir = tmp_path / "run"
+  procs = start_two_processes(workdir, corpus)
   metrics = workdir / "metrics.jsonl"
   deadline = time.time() + 240
   while time.time() < deadline and not (metrics.exists() and metrics.stat().st_size > 0):
     time.sleep(0.1)
   procs[1].send_signal(signal.SIGTERM)
-  outputs = [p.communicate(timeout=180)[0] for p in procs]
-  assert [p.returncode for p in procs] == [0, 0], outputs[1][-3000:]
-  assert "process 1 of 2 via tpu-env" in outputs[1]
-  stops = [int(re.search(r"stopping at step (\d+) \(SIGTERM\)", out).group(1)) for out in outputs]
-  saved = [int(p) for p in os.listdir(workdir / "checkpoints") if p.isdigit()]
-  assert stops[0] == stops[1] == max(saved) > 1
+  assert_stopped_together(procs, workdir, "SIGTERM")
+
+
+@pytest.mark.slow
+def test_time_budget_stops_every_host_at_the_same_step(corpus, tmp_path):
+  """train.max_seconds: process 0's clock decides, so both stop at one step."""
+  workdir = tmp_path / "run"
+  assert_stopped_together(start_two_processes(workdir, corpus, **{"train.max_seconds": 3.0}),
+                          workdir, "time budget")
