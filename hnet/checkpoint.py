@@ -15,6 +15,8 @@ import grain
 import orbax.checkpoint as ocp
 from flax import traverse_util
 
+from hnet import storage
+
 log = logging.getLogger("hnet")
 
 
@@ -22,10 +24,10 @@ class CheckpointError(RuntimeError):
   pass
 
 
-def make_manager(directory: str, *, keep: int = 3, async_save: bool = True) -> ocp.CheckpointManager:
+def make_manager(directory: str | os.PathLike, *, keep: int = 3, async_save: bool = True) -> ocp.CheckpointManager:
   options = ocp.CheckpointManagerOptions(max_to_keep=keep, enable_async_checkpointing=async_save,
                                          create=True)
-  return ocp.CheckpointManager(os.path.abspath(directory), options=options)
+  return ocp.CheckpointManager(storage.resolve(directory), options=options)
 
 
 def save(manager: ocp.CheckpointManager, step: int, state: Any, data_iterator=None,
@@ -66,20 +68,20 @@ def restore(manager: ocp.CheckpointManager, abstract_state: Any, data_iterator=N
                         + "\nDelete the damaged step directories or start a new --workdir.")
 
 
-def _step_directory(path: str) -> str:
-  """A run directory, its checkpoints/ folder, or one checkpoints/<step> folder -> the
-  newest complete step folder (one holding a `state` item)."""
-  path = os.path.abspath(path)
-  if os.path.isdir(os.path.join(path, "state")):
+def _step_directory(path: str):
+  """A run directory, its checkpoints/ folder, or one checkpoints/<step> folder (local or
+  gs://) -> the newest complete step folder (one holding a `state` item)."""
+  path = storage.resolve(path)
+  if (path / "state").is_dir():
     return path
-  folder = os.path.join(path, "checkpoints") if os.path.isdir(os.path.join(path, "checkpoints")) else path
-  steps = sorted((int(name) for name in (os.listdir(folder) if os.path.isdir(folder) else [])
-                  if name.isdigit() and os.path.isdir(os.path.join(folder, name, "state"))),
-                 reverse=True)
+  folder = path / "checkpoints" if (path / "checkpoints").is_dir() else path
+  steps = sorted((int(child.name) for child in (folder.iterdir() if folder.is_dir() else [])
+                  if child.name.isdigit() and (child / "state").is_dir()), reverse=True)
   if not steps:
-    raise CheckpointError(f"train.init_from={path!r} holds no checkpoint: give a run directory "
-                          "(with checkpoints/<step>/state), its checkpoints/ folder or one step folder.")
-  return os.path.join(folder, str(steps[0]))
+    raise CheckpointError(f"train.init_from={os.fspath(path)!r} holds no checkpoint: give a run "
+                          "directory (with checkpoints/<step>/state), its checkpoints/ folder or "
+                          "one step folder.")
+  return folder / str(steps[0])
 
 
 def load_params(path: str, abstract_params: Any) -> tuple[dict[str, Any], list[str]]:
@@ -91,7 +93,7 @@ def load_params(path: str, abstract_params: Any) -> tuple[dict[str, Any], list[s
   parameters this model has that the checkpoint lacks]). Raises CheckpointError when the checkpoint cannot be read, when a
   shared parameter has another shape, or when nothing matches.
   """
-  state_dir = os.path.join(_step_directory(path), "state")
+  state_dir = _step_directory(path) / "state"
   checkpointer = ocp.PyTreeCheckpointer()
   try:
     saved = checkpointer.metadata(state_dir).item_metadata.tree["params"]

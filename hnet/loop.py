@@ -21,7 +21,7 @@ import jax
 import numpy as np
 from jax.experimental import multihost_utils
 
-from hnet import checkpoint, sharding
+from hnet import checkpoint, lock as workdir_lock, sharding, storage
 from hnet.data import pipeline
 from hnet.optim import schedule
 from hnet.perf import ProfileWindow, compiled_flops, compiled_memory, measure_matmul_peak
@@ -137,7 +137,7 @@ def _check_finite(metrics: dict[str, float], step: int, manager) -> None:
         "--workdir to resume from that checkpoint.")
 
 
-def _prepare_bpe(config, workdir: str) -> None:
+def _prepare_bpe(config, workdir) -> None:
   """BPE runs (data.layout "bpe"): the tokenizer lives in the run directory
   (data.bpe_tokenizer = <workdir>/bpe_tokenizer.json unless set), is trained (or loaded)
   before the model is built, and must fit the model's head (model.vocab_size)."""
@@ -145,8 +145,12 @@ def _prepare_bpe(config, workdir: str) -> None:
     return
   from hnet.data import bpe  # pylint: disable=g-import-not-at-top
   if not config.data.get("bpe_tokenizer", ""):
+    if storage.is_remote(workdir):
+      raise ValueError(f"a BPE run (data.layout='bpe') on the remote --workdir={workdir} needs "
+                       "--config.data.bpe_tokenizer=<a local tokenizer .json path> (the "
+                       "tokenizer is trained to and read from a local file).")
     with config.unlocked():
-      config.data.bpe_tokenizer = os.path.abspath(os.path.join(workdir, bpe.TOKENIZER_FILE))
+      config.data.bpe_tokenizer = os.fspath(workdir / bpe.TOKENIZER_FILE)
   tokenizer = bpe.tokenizer_for(config.data)
   if tokenizer.padded_vocab_size > config.model.vocab_size:
     raise ValueError(f"the BPE tokenizer {config.data.bpe_tokenizer} has "
@@ -155,16 +159,45 @@ def _prepare_bpe(config, workdir: str) -> None:
   log.info("BPE tokenizer %s: %s", config.data.bpe_tokenizer, bpe.tokenizer_summary(tokenizer))
 
 
+def _lock_workdir(workdir) -> workdir_lock.WorkdirLock | None:
+  """Process 0 takes the workdir lock; every process raises if it could not."""
+  lock = workdir_lock.WorkdirLock(workdir) if jax.process_index() == 0 else None
+  refusal = ""
+  if lock is not None:
+    try:
+      lock.acquire()
+    except workdir_lock.WorkdirLockedError as e:
+      refusal = str(e)
+  if jax.process_count() > 1:
+    refused = bool(multihost_utils.broadcast_one_to_all(np.int32(bool(refusal))))
+    if refused and not refusal:
+      refusal = f"process 0 could not take the workdir lock of {workdir} (its log says why)"
+  if refusal:
+    raise workdir_lock.WorkdirLockedError(refusal)
+  return lock
+
+
 def run(config, workdir: str) -> dict[str, Any]:
-  """Trains `config` in `workdir` (resuming if it holds checkpoints); returns a summary."""
-  os.makedirs(workdir, exist_ok=True)
+  """Trains `config` in `workdir` (a local path or gs://..., resuming if it holds
+  checkpoints) while holding the workdir lock; returns a summary."""
+  workdir = storage.resolve(workdir)
+  workdir.mkdir(parents=True, exist_ok=True)
+  lock = _lock_workdir(workdir)
+  try:
+    return _run(config, workdir, lock)
+  finally:
+    if lock is not None:
+      lock.release()
+
+
+def _run(config, workdir, lock) -> dict[str, Any]:
   _prepare_bpe(config, workdir)
   mesh = sharding.make_mesh(config.mesh.data, config.mesh.fsdp, config.mesh.tensor)
   log.info("mesh %s over %d devices", dict(mesh.shape), mesh.size)
   setup = make_setup(config, mesh)
   profile = ProfileWindow(config.train.get("profile_steps", ""), config.train.steps,
-                          os.path.join(workdir, "tb"))
-  manager = checkpoint.make_manager(os.path.join(workdir, "checkpoints"), keep=config.checkpoint.keep,
+                          os.fspath(workdir / "tb"))
+  manager = checkpoint.make_manager(workdir / "checkpoints", keep=config.checkpoint.keep,
                                     async_save=config.checkpoint.async_save)
   train_iter = data_iterator(config, config.data.train_split, repeat=True)
   if manager.latest_step() is not None:
@@ -175,8 +208,7 @@ def run(config, workdir: str) -> dict[str, Any]:
     if config.train.init_from:
       state = warm_start(setup, state, config.train.init_from)
   if jax.process_index() == 0:
-    with open(os.path.join(workdir, "config.json"), "w") as f:
-      f.write(config.to_json_best_effort(indent=2))
+    storage.write_text(workdir / "config.json", config.to_json_best_effort(indent=2))
 
   first = next(train_iter)
   example = to_global(setup, first)
@@ -205,6 +237,8 @@ def run(config, workdir: str) -> dict[str, Any]:
       log_now = step % config.train.log_every == 0 or step == config.train.steps
       save_now = step % config.checkpoint.every == 0 or step == config.train.steps
       stop = preemption.reached(step) or _out_of_time(config, started, log_now)
+      if lock is not None:
+        lock.check()
       if pending is not None:  # fetched one step late, so dispatch stays asynchronous
         _log_train(logger, summary, *pending, lr_at, last_time, last_step, step_flops, peak)
         last_time, last_step = time.perf_counter(), pending[0]
@@ -219,6 +253,7 @@ def run(config, workdir: str) -> dict[str, Any]:
         # lose the line a resumed run will not write again.
         _log_train(logger, summary, *pending, lr_at, last_time, last_step, step_flops, peak)
         last_time, last_step, pending = time.perf_counter(), step, None
+        logger.flush()
         checkpoint.save(manager, step, state, train_iter, force=True)
       if stop:
         logger.bar.write(f"stopping at step {step} ({'SIGTERM' if preemption.requested else 'time budget'}); "
@@ -238,8 +273,7 @@ def run(config, workdir: str) -> dict[str, Any]:
   logger.close()
   manager.close()
   if jax.process_index() == 0:
-    with open(os.path.join(workdir, "summary.json"), "w") as f:
-      json.dump(summary, f, indent=2, default=float)
+    storage.write_text(workdir / "summary.json", json.dumps(summary, indent=2, default=float))
   summary["state"] = state
   return summary
 

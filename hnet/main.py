@@ -38,8 +38,11 @@ def main(argv):
   except ValueError as e:
     sys.exit(f"launch error: {e}")
   logging.getLogger("hnet").info("%s", distributed.describe(cluster))
-  from hnet import loop
-  summary = loop.run(FLAGS.config, FLAGS.workdir)
+  from hnet import lock, loop
+  try:
+    summary = loop.run(FLAGS.config, FLAGS.workdir)
+  except lock.WorkdirLockedError as e:
+    sys.exit(f"error: {e}")
   if jax.process_index() == 0 and "eval" in summary:
     ev = summary["eval"]
     extra = " ".join(f"{k.split('/')[-1]}={v:.3f}" for k, v in ev.items() if k.startswith("model/"))

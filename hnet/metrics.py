@@ -1,23 +1,79 @@
-"""Metric logging: TensorBoard event files, a JSONL file and a progress bar."""
+"""Metric logging: TensorBoard event files, <workdir>/metrics.jsonl and a progress bar.
+
+The workdir may be on an object store (gs://), which has no append: metrics.jsonl is
+rewritten whole at each flush (at most every `flush_seconds`, and whenever the loop asks,
+e.g. just before a checkpoint is saved), so it holds one record per (split, step):
+  * a run resumed from checkpoint step S keeps the earlier records up to step S and
+    replaces the rest (the replayed steps write them again);
+  * a run that starts from step 0 in a workdir whose metrics.jsonl already holds records
+    (its checkpoints/ was emptied) starts a new history and keeps the earlier one as
+    metrics-before-<UTC time>.jsonl, with a warning.
+TensorBoard: each run segment writes a new event file that opens with a SessionLog.START
+at step S+1 (tensorboardX's purge_step), so TensorBoard drops the events of replayed steps
+that earlier files hold.
+"""
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
 from typing import Mapping
 
 import jax
+from etils import epath
 from tensorboardX import SummaryWriter
 from tqdm.auto import tqdm
+
+from hnet import storage
+
+log = logging.getLogger("hnet")
+METRICS_FILE = "metrics.jsonl"
+
+
+def read_metrics(workdir: str | os.PathLike) -> list[dict]:
+  """The records of <workdir>/metrics.jsonl (local or gs://), in file order."""
+  text = storage.read_text(storage.resolve(workdir) / METRICS_FILE)
+  return [json.loads(line) for line in (text or "").splitlines() if line.strip()]
+
+
+def _kept_history(workdir: epath.Path, path: epath.Path, initial_step: int) -> dict[tuple, str]:
+  """{(split, step): line} of the records a run starting at `initial_step` keeps."""
+  text = storage.read_text(path)
+  if not text:
+    return {}
+  records = {}
+  for line in text.splitlines():
+    if line.strip():
+      record = json.loads(line)
+      records[(record["split"], record["step"])] = line + "\n"
+  if initial_step == 0:
+    archive = workdir / time.strftime("metrics-before-%Y%m%d-%H%M%S.jsonl", time.gmtime())
+    storage.write_text(archive, text)
+    last = max(step for _, step in records)
+    log.warning("%s holds %d records (up to step %d) of an earlier run, but training starts "
+                "from step 0 (no checkpoint in %s): starting a new metrics history; the earlier "
+                "one is kept as %s (TensorBoard shows only the new run's steps).",
+                path, len(records), last, workdir / "checkpoints", archive)
+    return {}
+  return {key: line for key, line in records.items() if key[1] <= initial_step}
 
 
 class MetricLogger:
   """Writes the same scalars to TensorBoard, <workdir>/metrics.jsonl and the progress bar."""
 
-  def __init__(self, workdir: str, total_steps: int, initial_step: int = 0, enabled: bool = True):
+  def __init__(self, workdir: str | os.PathLike, total_steps: int, initial_step: int = 0,
+               enabled: bool = True, flush_seconds: float = 30.0):
     self.enabled = enabled and jax.process_index() == 0
-    self.writer = SummaryWriter(os.path.join(workdir, "tb")) if self.enabled else None
-    self.jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a") if self.enabled else None
+    self.flush_seconds = flush_seconds
+    self.path = storage.resolve(workdir) / METRICS_FILE
+    self.records: dict[tuple, str] = {}
+    self.writer = None
+    self._last_flush = -float("inf")
+    if self.enabled:
+      self.records = _kept_history(storage.resolve(workdir), self.path, initial_step)
+      self.writer = SummaryWriter(os.fspath(storage.resolve(workdir) / "tb"),
+                                  purge_step=initial_step + 1)
     self.bar = tqdm(total=total_steps, initial=initial_step, disable=not self.enabled,
                     dynamic_ncols=True, desc="train")
 
@@ -26,14 +82,25 @@ class MetricLogger:
       return
     for name, value in scalars.items():
       self.writer.add_scalar(f"{prefix}/{name}", float(value), step)
-    self.jsonl.write(json.dumps({"step": step, "split": prefix, "time": time.time(),
-                                 **{k: float(v) for k, v in scalars.items()}}) + "\n")
-    self.jsonl.flush()
+    self.records.pop((prefix, step), None)  # a step written again replaces its record
+    self.records[(prefix, step)] = json.dumps(
+        {"step": step, "split": prefix, "time": time.time(),
+         **{k: float(v) for k, v in scalars.items()}}) + "\n"
+    if time.monotonic() - self._last_flush >= self.flush_seconds:
+      self.flush()
     shown = {k: scalars[k] for k in ("loss", "bpb", "lr", "bytes_per_s", "mfu") if k in scalars}
     if prefix == "train":
       self.bar.set_postfix({k: f"{v:.3g}" for k, v in shown.items()}, refresh=False)
     else:
       self.bar.write(f"step {step} {prefix}: " + " ".join(f"{k}={float(v):.4g}" for k, v in scalars.items()))
+
+  def flush(self) -> None:
+    """Writes metrics.jsonl whole (one object on gs://) and flushes TensorBoard."""
+    if not self.enabled:
+      return
+    storage.write_text(self.path, "".join(self.records.values()))
+    self.writer.flush()
+    self._last_flush = time.monotonic()
 
   def advance(self, n: int = 1) -> None:
     self.bar.update(n)
@@ -41,6 +108,5 @@ class MetricLogger:
   def close(self) -> None:
     self.bar.close()
     if self.writer:
-      self.writer.flush()
+      self.flush()
       self.writer.close()
-      self.jsonl.close()

@@ -13,7 +13,7 @@ import jax
 import ml_collections
 from flax import nnx
 
-from hnet import checkpoint, sharding
+from hnet import checkpoint, sharding, storage
 from hnet.train import make_setup, merge_model
 
 
@@ -23,7 +23,7 @@ def run_names(workdirs: list[str], names: list[str]) -> list[str]:
     raise ValueError("give --workdirs=run1,run2,...")
   if names and len(names) != len(workdirs):
     raise ValueError("--names needs one label per --workdirs entry")
-  return list(names) or [os.path.basename(os.path.normpath(w)) for w in workdirs]
+  return list(names) or [storage.resolve(w).name for w in workdirs]
 
 
 def run_fingerprint(workdir: str, step: int) -> str:
@@ -31,23 +31,21 @@ def run_fingerprint(workdir: str, step: int) -> str:
   checkpoint `step`: it changes when the run directory is trained again with another
   config, or holds another checkpoint at the same step (tools that cache results use it)."""
   digest = hashlib.sha256()
-  with open(os.path.join(workdir, "config.json"), "rb") as f:
-    digest.update(f.read())
-  root = os.path.join(workdir, "checkpoints", str(step))
-  for folder, _, files in sorted(os.walk(root)):
-    for name in sorted(files):
-      path = os.path.join(folder, name)
-      digest.update(f"{os.path.relpath(path, root)}:{os.path.getsize(path)};".encode())
+  workdir = storage.resolve(workdir)
+  digest.update((workdir / "config.json").read_bytes())
+  root = workdir / "checkpoints" / str(step)
+  for path in sorted(root.rglob("*")):
+    if path.is_file():
+      digest.update(f"{os.fspath(path)[len(os.fspath(root)) + 1:]}:{path.stat().length};".encode())
   return digest.hexdigest()[:16]
 
 
 def load_config(workdir: str) -> ml_collections.ConfigDict:
-  path = os.path.join(workdir, "config.json")
-  if not os.path.exists(path):
-    raise FileNotFoundError(f"{path} not found: {workdir!r} is not a run directory "
-                            "(train with python -m hnet.main --workdir=... first).")
-  with open(path) as f:
-    return ml_collections.ConfigDict(json.load(f))
+  text = storage.read_text(storage.resolve(workdir) / "config.json")
+  if text is None:
+    raise FileNotFoundError(f"{storage.resolve(workdir) / 'config.json'} not found: {workdir!r} is "
+                            "not a run directory (train with python -m hnet.main --workdir=... first).")
+  return ml_collections.ConfigDict(json.loads(text))
 
 
 def load_model(workdir: str, step: int | None = None) -> tuple[nnx.Module, ml_collections.ConfigDict, int]:
@@ -56,7 +54,7 @@ def load_model(workdir: str, step: int | None = None) -> tuple[nnx.Module, ml_co
   config.mesh.data, config.mesh.fsdp, config.mesh.tensor = 1, 1, 1
   mesh = sharding.make_mesh(1, 1, 1, devices=jax.devices()[:1])
   setup = make_setup(config, mesh)
-  manager = checkpoint.make_manager(os.path.join(workdir, "checkpoints"), async_save=False)
+  manager = checkpoint.make_manager(storage.resolve(workdir) / "checkpoints", async_save=False)
   try:
     step, state = checkpoint.restore(manager, setup.abstract_state, None, step)
   finally:

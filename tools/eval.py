@@ -28,7 +28,7 @@ FLAGS = flags.FLAGS
 def main(argv):
   del argv
   import jax
-  from hnet import checkpoint, loop, sharding
+  from hnet import checkpoint, loop, sharding, storage
   from hnet.runs import load_config
   from hnet.train import jit_eval_step, make_setup
   config = load_config(FLAGS.workdir)
@@ -40,7 +40,7 @@ def main(argv):
   config.mesh.data, config.mesh.fsdp, config.mesh.tensor = -1, 1, 1
   mesh = sharding.make_mesh(-1, 1, 1)
   setup = make_setup(config, mesh)
-  manager = checkpoint.make_manager(os.path.join(FLAGS.workdir, "checkpoints"), async_save=False)
+  manager = checkpoint.make_manager(storage.resolve(FLAGS.workdir) / "checkpoints", async_save=False)
   step, state = checkpoint.restore(manager, setup.abstract_state, None,
                                    None if FLAGS.step < 0 else FLAGS.step)
   example = next(iter(loop.data_iterator(config, config.data.eval_split, repeat=False)))
