@@ -9,15 +9,18 @@ and the environment that points every client the project uses at it:
 and keeps the Google auth libraries off the metadata server (GCE_METADATA_HOST on a closed
 local port, NO_GCE_CHECK).
 
-One gap of the emulator (gcp-storage-emulator 2026.7.19) is closed when it is started
-here: its media downloads lack the `x-goog-generation` header that GCS sends with every
-object read. tensorstore needs it to write an OCDBT manifest that already exists under a
-generation condition; without it an orbax save of more than a few arrays fails with
-"Malformed StorageGeneration" (measured: 80 arrays fail, 4 pass). The header is added
-from the object's own stored generation. The emulator also ignores generation
-preconditions (a second ifGenerationMatch=0 upload overwrites), so the workdir lock's
-atomic create is exercised for real only on GCS; its refuse/take-over logic is tested
-against the emulator all the same.
+Two gaps of the emulator (gcp-storage-emulator 2026.7.19) are closed when it is started
+here, so that it answers as GCS does:
+  * its media downloads lack the `x-goog-generation` header that GCS sends with every
+    object read. tensorstore needs it to write an OCDBT manifest that already exists under
+    a generation condition; without it an orbax save of more than a few arrays fails with
+    "Malformed StorageGeneration" (measured: 80 arrays fail, 4 pass). The header is added
+    from the object's own stored generation.
+  * it ignores the `ifGenerationMatch=0` precondition of an upload (measured: a second
+    create-if-absent upload overwrites). GCS answers 412 when the object exists; so does
+    this one for simple (media / multipart) uploads, which is what the workdir lock's
+    create-if-absent sends. The emulator's check is not atomic across concurrent
+    requests; on GCS the precondition is.
 """
 from __future__ import annotations
 
@@ -28,6 +31,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from http import HTTPStatus
 
 
 def _free_port() -> int:
@@ -77,8 +81,9 @@ def _serve(port: int, bucket: str) -> None:
   """Runs the emulator in this process (in memory) with media downloads sending
   x-goog-generation, as GCS does (see the module docstring)."""
   from gcp_storage_emulator import server
+  from gcp_storage_emulator.exceptions import NotFound
   from gcp_storage_emulator.handlers import objects
-  plain_download = objects.download
+  plain_download, plain_insert = objects.download, objects.insert
 
   def download(request, response, storage, *args, **kwargs):
     try:
@@ -89,7 +94,24 @@ def _serve(port: int, bucket: str) -> None:
       pass
     return plain_download(request, response, storage, *args, **kwargs)
 
+  def insert(request, response, storage, *args, **kwargs):
+    if request.query.get("ifGenerationMatch", [""])[0] == "0":
+      name = (request.query["name"][0] if "name" in request.query
+              else request.data.get("meta", {}).get("name") if isinstance(request.data, dict) else None)
+      try:
+        storage.get_file_obj(request.params["bucket_name"], name)
+        response.status = HTTPStatus.PRECONDITION_FAILED
+        response.json({"error": {"code": 412, "message": "At least one of the pre-conditions "
+                                 "you specified did not hold.", "errors": [{"reason": "conditionNotMet"}]}})
+        return None
+      except NotFound:
+        pass
+    return plain_insert(request, response, storage, *args, **kwargs)
+
   objects.download = download  # objects.get (alt=media) looks it up at call time
+  for _, methods in server.HANDLERS:  # the routing table holds the functions themselves
+    for method, handler in methods.items():
+      methods[method] = {plain_download: download, plain_insert: insert}.get(handler, handler)
   server.create_server("127.0.0.1", port, in_memory=True, default_bucket=bucket).run()
 
 

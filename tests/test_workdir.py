@@ -65,11 +65,11 @@ def test_resume_and_restart_do_not_duplicate_metrics(corpus, tmp_path, caplog): 
           if json.loads(line)["split"] == "train"] == [1, 2, 3, 4, 5, 6]
 
 
-def test_stale_lock_is_taken_over_and_a_live_one_refuses(tmp_path, caplog):
-  from etils import epath
+def check_lock_semantics(workdir, caplog):
+  """Stale locks are taken over with a warning; a live one refuses naming its holder; a
+  run whose lock was taken over stops. `workdir`: an epath.Path, local or gs://."""
   from hnet import lock
-  workdir = epath.Path(tmp_path)
-  path = tmp_path / lock.LOCK_FILE
+  path = workdir / lock.LOCK_FILE
   here = socket.gethostname()
   # A dead process on this host: taken over at once, with a warning naming it.
   dead = _dead_pid()
@@ -102,6 +102,11 @@ def test_stale_lock_is_taken_over_and_a_live_one_refuses(tmp_path, caplog):
   assert json.loads(path.read_text())["token"] == taker.record["token"]
   taker.release()
   assert not path.exists()
+
+
+def test_stale_lock_is_taken_over_and_a_live_one_refuses(tmp_path, caplog):
+  from etils import epath
+  check_lock_semantics(epath.Path(tmp_path), caplog)
 
 
 @pytest.mark.slow
