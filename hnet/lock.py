@@ -6,7 +6,9 @@ write-once, so it works on gs:// where flock does not), renews it every RENEW_SE
 a background thread, and deletes it when the run ends. A second run on the workdir is
 refused with an error naming the holder. A lock is stale, and is taken over with a
 warning, when its process is gone: on the same host, when the pid no longer runs; from
-another host (whose processes we cannot see), when it was not renewed for LEASE_SECONDS.
+another host (whose processes we cannot see), when it was not renewed for LEASE_SECONDS
+(a run that finds a recently renewed lock of another host waits that long once, so a
+run relaunched on new hosts after a preemption takes over its dead predecessor's lock).
 
 Multi-process runs: only process 0 takes the lock; the other processes of the run learn
 its outcome from process 0 (a broadcast) and are never refused themselves.
@@ -28,8 +30,8 @@ from hnet import storage
 log = logging.getLogger("hnet")
 
 LOCK_FILE = "lock.json"
-RENEW_SECONDS = 30.0
-LEASE_SECONDS = 180.0
+RENEW_SECONDS = 20.0
+LEASE_SECONDS = 90.0
 
 
 class WorkdirLockedError(RuntimeError):
@@ -80,8 +82,13 @@ class WorkdirLock:
     self._thread: threading.Thread | None = None
 
   def acquire(self) -> None:
-    """Takes the lock or raises WorkdirLockedError naming the run that holds it."""
-    for _ in range(3):  # a holder may release (or a taker create) between our reads
+    """Takes the lock or raises WorkdirLockedError naming the run that holds it.
+
+    A holder on another host that renewed within the lease may be a run that just died
+    (a preempted TPU VM whose slice was re-created): we wait once for its lease to run
+    out, and take it over if it was not renewed meanwhile."""
+    waited = False
+    for _ in range(5):  # a holder may release (or a taker create) between our reads
       if storage.create_new(self.path, json.dumps(self.record)):
         break
       text = storage.read_text(self.path)
@@ -92,19 +99,26 @@ class WorkdirLock:
       except ValueError:
         holder = {}
       reason = stale_reason(holder) if holder else "it is not readable"
+      foreign = holder.get("host") != self.record["host"]
+      if reason is None and foreign and not waited:
+        wait = min(float(holder.get("renewed", 0)) + LEASE_SECONDS - time.time(), LEASE_SECONDS) + 1
+        log.warning("%s is held by %s; waiting %.0f s for its lease to run out in case that run "
+                    "is gone", self.path, _describe(holder), wait)
+        time.sleep(max(wait, 0.0))
+        waited = True
+        continue
       if reason is None:
         raise WorkdirLockedError(
             f"{self.workdir} is in use by another run: {_describe(holder)}, lock renewed "
             f"{time.time() - float(holder.get('renewed', 0)):.0f} s ago ({self.path}). Wait for it "
-            "to finish, stop it, or train in another --workdir. If that run is gone (e.g. its host "
-            f"died), the lock is taken over {LEASE_SECONDS:.0f} s after its last renewal, or "
-            "delete the lock file.")
+            "to finish, stop it, or train in another --workdir. If that run is gone, delete the "
+            "lock file.")
       log.warning("taking over the stale workdir lock %s of %s: %s", self.path, _describe(holder),
                   reason)
       storage.remove(self.path)
     else:
       raise WorkdirLockedError(f"could not take the workdir lock {self.path}: it changed "
-                               "hands three times while we tried; is another run starting there?")
+                               "hands five times while we tried; is another run starting there?")
     self._thread = threading.Thread(target=self._renew_loop, name="workdir-lock", daemon=True)
     self._thread.start()
 

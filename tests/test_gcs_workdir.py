@@ -97,9 +97,9 @@ def test_gs_workdir_train_kill_resume_eval_sample(corpus, tmp_path, gcs_env):  #
   assert "--- step 12 | prompt 'The '" in sampled.stdout
 
 
-def test_workdir_lock_on_gcs(gcs_env, caplog):
+def test_workdir_lock_on_gcs(gcs_env, caplog, monkeypatch):
   from hnet import storage
-  check_lock_semantics(storage.resolve(f"gs://{BUCKET}/locked"), caplog)
+  check_lock_semantics(storage.resolve(f"gs://{BUCKET}/locked"), caplog, monkeypatch)
 
 
 READ_DOCUMENTS = """

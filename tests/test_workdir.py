@@ -7,6 +7,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -65,7 +66,7 @@ def test_resume_and_restart_do_not_duplicate_metrics(corpus, tmp_path, caplog): 
           if json.loads(line)["split"] == "train"] == [1, 2, 3, 4, 5, 6]
 
 
-def check_lock_semantics(workdir, caplog):
+def check_lock_semantics(workdir, caplog, monkeypatch):
   """Stale locks are taken over with a warning; a live one refuses naming its holder; a
   run whose lock was taken over stops. `workdir`: an epath.Path, local or gs://."""
   from hnet import lock
@@ -90,23 +91,37 @@ def check_lock_semantics(workdir, caplog):
     held.check()
   held.release()
   assert path.exists()  # not ours: left in place
-  # Another host: alive while renewed within the lease, stale after it.
-  path.write_text(json.dumps({"host": "other-host", "pid": 1, "started": 1.0,
-                              "renewed": time.time() - 10}))
-  with pytest.raises(lock.WorkdirLockedError, match="'other-host'"):
-    lock.WorkdirLock(workdir).acquire()
-  path.write_text(json.dumps({"host": "other-host", "pid": 1, "started": 1.0,
-                              "renewed": time.time() - lock.LEASE_SECONDS - 1}))
+  # Another host: a run that keeps renewing refuses after one lease of waiting; one that
+  # stopped renewing is taken over after it.
+  monkeypatch.setattr(lock, "LEASE_SECONDS", 1.5)
+  foreign = {"host": "other-host", "pid": 1, "started": 1.0, "token": "foreign"}
+  path.write_text(json.dumps({**foreign, "renewed": time.time()}))
+  stop = threading.Event()
+
+  def keep_renewing():
+    while not stop.wait(0.2):
+      path.write_text(json.dumps({**foreign, "renewed": time.time()}))
+  renewer = threading.Thread(target=keep_renewing)
+  renewer.start()
+  try:
+    with pytest.raises(lock.WorkdirLockedError, match="'other-host'"):
+      lock.WorkdirLock(workdir).acquire()
+  finally:
+    stop.set()
+    renewer.join()
+  path.write_text(json.dumps({**foreign, "renewed": time.time()}))
   taker = lock.WorkdirLock(workdir)
+  started = time.time()
   taker.acquire()
+  assert time.time() - started >= 1.0  # it waited out the lease
   assert json.loads(path.read_text())["token"] == taker.record["token"]
   taker.release()
   assert not path.exists()
 
 
-def test_stale_lock_is_taken_over_and_a_live_one_refuses(tmp_path, caplog):
+def test_stale_lock_is_taken_over_and_a_live_one_refuses(tmp_path, caplog, monkeypatch):
   from etils import epath
-  check_lock_semantics(epath.Path(tmp_path), caplog)
+  check_lock_semantics(epath.Path(tmp_path), caplog, monkeypatch)
 
 
 @pytest.mark.slow
