@@ -43,13 +43,18 @@ SENTINEL_IDS = tuple(range(spans.SENTINEL_BASE, spans.SENTINEL_BASE + spans.NUM_
 
 
 def filter_logits(logits: jax.Array, *, temperature: float, top_k: int, top_p: float,
-                  extra_ids: Sequence[int] = ()) -> jax.Array:
+                  extra_ids: Sequence[int] = (),
+                  banned_ids: Sequence[int] | None = None) -> jax.Array:
   """logits [B, V] -> scaled logits with everything outside top-k / nucleus set to -inf.
 
-  Special ids (>= 256) are never sampled, except EOS and `extra_ids` (sentinels)."""
+  Byte vocabularies (banned_ids None): special ids (>= 256) are never sampled, except EOS
+  and `extra_ids` (sentinels). Other vocabularies (BPE) name the ids never sampled."""
   logits = logits.astype(jnp.float32) / max(temperature, 1e-6)
   vocab = jnp.arange(logits.shape[-1])
-  allowed = (vocab < hbytes.NUM_BYTES) | (vocab == hbytes.EOS_ID)
+  if banned_ids is None:
+    allowed = (vocab < hbytes.NUM_BYTES) | (vocab == hbytes.EOS_ID)
+  else:
+    allowed = ~jnp.isin(vocab, jnp.asarray(banned_ids, jnp.int32))
   for token in extra_ids:
     allowed |= vocab == token
   logits = jnp.where(allowed, logits, -jnp.inf)
@@ -75,15 +80,17 @@ class Sampling:
   top_k: int = 0
   top_p: float = 1.0
   extra_ids: tuple[int, ...] = ()  # special ids that may be sampled besides EOS
+  banned_ids: tuple[int, ...] | None = None  # non-byte vocabularies: ids never sampled
 
   def pick(self, logits: jax.Array, key: jax.Array) -> jax.Array:
     """logits [B, V] -> sampled ids [B] int32."""
     if self.temperature == 0:
       filtered = filter_logits(logits, temperature=1.0, top_k=0, top_p=1.0,
-                               extra_ids=self.extra_ids)
+                               extra_ids=self.extra_ids, banned_ids=self.banned_ids)
       return jnp.argmax(filtered, axis=-1).astype(jnp.int32)
     filtered = filter_logits(logits, temperature=self.temperature, top_k=self.top_k,
-                             top_p=self.top_p, extra_ids=self.extra_ids)
+                             top_p=self.top_p, extra_ids=self.extra_ids,
+                             banned_ids=self.banned_ids)
     return jax.random.categorical(key, filtered).astype(jnp.int32)
 
 
@@ -107,10 +114,11 @@ def _scan(model: nnx.Module, encoded: dict | None, prompt: jax.Array, lengths: j
 
 
 def _sample_ids(model: nnx.Module, prompts: Sequence[np.ndarray], *, max_new_bytes: int,
-                seed: int, sampling: Sampling, encoded: dict | None = None) -> list[np.ndarray]:
+                seed: int, sampling: Sampling, encoded: dict | None = None,
+                eos_id: int = hbytes.EOS_ID, pad_id: int = hbytes.PAD_ID) -> list[np.ndarray]:
   """Id prompts (each >= 1 id) -> the sampled ids of each row, EOS and after cut off."""
   lengths = np.array([len(x) for x in prompts], np.int32)
-  prompt = np.full((len(prompts), int(lengths.max()) + max_new_bytes), hbytes.PAD_ID, np.int32)
+  prompt = np.full((len(prompts), int(lengths.max()) + max_new_bytes), pad_id, np.int32)
   for row, x in enumerate(prompts):
     prompt[row, :len(x)] = x
   graphdef, state = nnx.split(model)  # a graphdef need not be hashable: closed over
@@ -123,7 +131,7 @@ def _sample_ids(model: nnx.Module, prompts: Sequence[np.ndarray], *, max_new_byt
   results = []
   for row, n in enumerate(lengths):
     new = out[row, n - 1:n - 1 + max_new_bytes]
-    stop = np.flatnonzero(new == hbytes.EOS_ID)
+    stop = np.flatnonzero(new == eos_id)
     results.append(new[:stop[0]] if stop.size else new)
   return results
 
@@ -137,6 +145,21 @@ def generate(model: nnx.Module, prompts: Sequence[bytes], *, max_new_bytes: int,
   sampled = _sample_ids(model, ids, max_new_bytes=max_new_bytes, seed=seed,
                         sampling=Sampling(temperature, top_k, top_p))
   return [hbytes.decode_bytes(x) for x in sampled]
+
+
+def generate_bpe(model: nnx.Module, prompts: Sequence[bytes], tokenizer, *, max_new_tokens: int,
+                 seed: int = 0, temperature: float = 1.0, top_k: int = 0,
+                 top_p: float = 1.0) -> list[bytes]:
+  """BPE-token models (hnet/data/bpe.py BPETokenizer): each prompt is BOS + its tokens,
+  continued by up to `max_new_tokens` tokens (PAD, BOS and the padded ids past the
+  tokenizer's vocabulary are never sampled; EOS stops); returns the new bytes."""
+  ids = [np.concatenate([[tokenizer.bos_id], tokenizer.encode(p)]).astype(np.int32) for p in prompts]
+  vocab_size = int(model.embed.embedding.shape[0])
+  banned = (tokenizer.pad_id, tokenizer.bos_id) + tuple(range(tokenizer.vocab_size, vocab_size))
+  sampled = _sample_ids(model, ids, max_new_bytes=max_new_tokens, seed=seed,
+                        sampling=Sampling(temperature, top_k, top_p, banned_ids=banned),
+                        eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id)
+  return [tokenizer.decode(x) for x in sampled]
 
 
 # --------------------------------------------------------------------------- encoder-decoder

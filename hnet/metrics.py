@@ -17,12 +17,12 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sys
 import time
 from typing import Mapping
 
 import jax
 from etils import epath
-from tensorboardX import SummaryWriter
 from tqdm.auto import tqdm
 
 from hnet import storage
@@ -57,6 +57,25 @@ def _kept_history(workdir: epath.Path, path: epath.Path, initial_step: int) -> d
                 path, len(records), last, workdir / "checkpoints", archive)
     return {}
   return {key: line for key, line in records.items() if key[1] <= initial_step}
+
+
+def _summary_writer_class():
+  """tensorboardX's SummaryWriter, imported with torch hidden: tensorboardX imports torch
+  whenever it is installed (only to accept torch tensors, which we never log), and torch
+  is in the environment only to load Hugging Face exports: the training path must not
+  pay its import time and memory."""
+  hide = "torch" not in sys.modules
+  if hide:
+    sys.modules["torch"] = None  # `import torch` raises ImportError while this is set
+  try:
+    from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
+  finally:
+    if hide:
+      del sys.modules["torch"]
+  return SummaryWriter
+
+
+SummaryWriter = _summary_writer_class()
 
 
 class MetricLogger:

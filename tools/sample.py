@@ -43,6 +43,16 @@ def sample_decoder(model, prompts):
   return [prompt + out for prompt, out in zip(prompts, outs)], None
 
 
+def sample_bpe(model, config, prompts):
+  """BPE runs (data.layout "bpe"): --max_new_bytes counts tokens here."""
+  from hnet.eval.scoring import bpe_tokenizer
+  from hnet.generate import generate_bpe
+  outs = generate_bpe(model, prompts, bpe_tokenizer(config), max_new_tokens=FLAGS.max_new_bytes,
+                      seed=FLAGS.seed, temperature=FLAGS.temperature, top_k=FLAGS.top_k,
+                      top_p=FLAGS.top_p)
+  return [prompt + out for prompt, out in zip(prompts, outs)], [f"{FLAGS.max_new_bytes} BPE tokens at most"] * len(prompts)
+
+
 def sample_encoder_decoder(model, config, prompts):
   from hnet import generate as hgenerate
   objective = FLAGS.objective or config.data.get("objective", "span_corruption")
@@ -78,6 +88,8 @@ def main(argv):
   start = time.perf_counter()
   if config.model.name in ENCODER_DECODER:
     texts, notes = sample_encoder_decoder(model, config, prompts)
+  elif config.data.get("layout", "bytes") == "bpe":
+    texts, notes = sample_bpe(model, config, prompts)
   else:
     texts, notes = sample_decoder(model, prompts)
   seconds = time.perf_counter() - start

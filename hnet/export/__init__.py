@@ -32,6 +32,7 @@ log = logging.getLogger("hnet")
 # config.model.name -> module implementing to_hf / from_hf (hnet/export/family.py).
 FAMILIES: dict[str, str] = {
     "transformer": "hnet.export.llama",   # byte and BPE Transformer: Llama / Mistral, native
+    "byt5": "hnet.export.t5",             # ByT5: T5 v1.1 + two differences, remote code
 }
 RUN_FILE = "hnet_run.json"  # in the export: the run's config, step and held-out figures
 
@@ -45,7 +46,7 @@ def family_module(model_name: str) -> ModuleType:
 
 # ------------------------------------------------------------------------------ export
 
-def _restore(workdir: str, step: int | None):
+def restore_run(workdir: str, step: int | None):
   """(setup, state, step) of the newest readable checkpoint (or `step`), one device."""
   import jax
   from hnet import checkpoint, sharding
@@ -65,7 +66,8 @@ def _restore(workdir: str, step: int | None):
   return setup, state, step
 
 
-def held_out_bpb(workdir: str, setup, state, step: int, max_batches: int = 0) -> dict[str, Any]:
+def held_out_bpb(workdir: str, setup, state, step: int, max_batches: int = 0,
+                 use_summary: bool = True) -> dict[str, Any]:
   """Held-out bpb of the checkpoint: the run's own final evaluation (summary.json, over the
   whole held-out split) when it is of this step, else measured now with the train loop's
   evaluation (hnet/loop.py evaluate)."""
@@ -73,7 +75,7 @@ def held_out_bpb(workdir: str, setup, state, step: int, max_batches: int = 0) ->
   from hnet import loop
   from hnet.train import jit_eval_step
   summary_path = os.path.join(workdir, "summary.json")
-  if os.path.exists(summary_path) and not max_batches:
+  if use_summary and os.path.exists(summary_path) and not max_batches:
     with open(summary_path) as f:
       summary = json.load(f)
     if summary.get("step") == step and "eval" in summary:
@@ -103,7 +105,7 @@ def _usage(export: FamilyExport, out: str) -> str:
   if export.config.get("is_encoder_decoder"):
     return f"""import torch
 from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
-tokenizer = AutoTokenizer.from_pretrained("{out}")
+tokenizer = AutoTokenizer.from_pretrained("{out}"{remote})
 model = AutoModelForSeq2SeqLM.from_pretrained("{out}"{remote})
 source = tokenizer(["To be, or not to be"], return_tensors="pt")
 out = model.generate(**source, max_new_tokens=64, do_sample=False)
@@ -133,7 +135,7 @@ def export_run(workdir: str, out: str, step: int | None = None, *,
     raise ExportError(f"{workdir!r} holds no checkpoint (checkpoints/<step>/): train it first, "
                       "or point --workdir at a run that saved one.")
   spec = export_tokenizer.spec_for_run(config, workdir)
-  setup, state, step = _restore(workdir, step)
+  setup, state, step = restore_run(workdir, step)
   import jax
   params = jax.tree.map(np.asarray, jax.device_get(state["params"]))
   export = family.to_hf(params, config.model)
