@@ -227,7 +227,7 @@ def _run(config, workdir, lock) -> dict[str, Any]:
   summary: dict[str, Any] = {"start_step": start, "step_flops": step_flops, "memory": memory,
                              "losses": {}}
   batch, step = example, start
-  with _Preemption() as preemption:
+  with _Preemption() as preemption, logger.flushed_on_error():
     while step < config.train.steps:
       profile.before(step + 1)
       state, metrics = compiled(state, batch)

@@ -1,7 +1,7 @@
 """Metric logging: TensorBoard event files, <workdir>/metrics.jsonl and a progress bar.
 
 The workdir may be on an object store (gs://), which has no append: metrics.jsonl is
-rewritten whole at each flush (at most every `flush_seconds`, and whenever the loop asks,
+rewritten whole at each flush (at most every `flush_seconds` (10 s), and when the loop asks,
 e.g. just before a checkpoint is saved), so it holds one record per (split, step):
   * a run resumed from checkpoint step S keeps the earlier records up to step S and
     replaces the rest (the replayed steps write them again);
@@ -14,6 +14,7 @@ that earlier files hold.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -82,7 +83,7 @@ class MetricLogger:
   """Writes the same scalars to TensorBoard, <workdir>/metrics.jsonl and the progress bar."""
 
   def __init__(self, workdir: str | os.PathLike, total_steps: int, initial_step: int = 0,
-               enabled: bool = True, flush_seconds: float = 30.0):
+               enabled: bool = True, flush_seconds: float = 10.0):
     self.enabled = enabled and jax.process_index() == 0
     self.flush_seconds = flush_seconds
     self.path = storage.resolve(workdir) / METRICS_FILE
@@ -120,6 +121,19 @@ class MetricLogger:
     storage.write_text(self.path, "".join(self.records.values()))
     self.writer.flush()
     self._last_flush = time.monotonic()
+
+  @contextlib.contextmanager
+  def flushed_on_error(self):
+    """Flushes what was logged when the block raises (a NaN stop, a crash), so the lines
+    written since the last flush are not lost with the run."""
+    try:
+      yield self
+    except BaseException:
+      try:
+        self.flush()
+      except Exception as e:  # the original error is the one to report
+        log.warning("could not write %s: %s", self.path, e)
+      raise
 
   def advance(self, n: int = 1) -> None:
     self.bar.update(n)
