@@ -22,6 +22,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.model.window = 0             # sliding-window size in positions; 0 = full causal
   c.model.tie_embeddings = False
   c.model.dtype = "float32"      # compute dtype: float32 | bfloat16 (params stay float32)
+  c.model.remat = "none"         # recompute blocks in the backward pass: none | full | dots (hnet/layers/remat.py)
 
   # --- data: see hnet/data/pipeline.py
   c.data = ml_collections.ConfigDict()
@@ -75,6 +76,15 @@ def get_config() -> ml_collections.ConfigDict:
   c.mesh.data = -1
   c.mesh.fsdp = 1
   c.mesh.tensor = 1
+
+  # --- the pod slice a paper-scale config is sized for (tools/aot_check.py compiles its
+  # train step for it on a CPU machine); "" = none. train_bytes / train_days: the run the
+  # README's MFU column is worked out for.
+  c.pod = ml_collections.ConfigDict()
+  c.pod.topology = ""            # e.g. "v5p:4x4x4" (TPU) or "h100:8" (GPUs)
+  c.pod.num_slices = 1
+  c.pod.train_bytes = 0.0
+  c.pod.train_days = 0.0
   return c
 
 

@@ -16,6 +16,7 @@ from flax import nnx
 from hnet.layers import ssd
 from hnet.layers.linear import DEFAULT_STD, Dense
 from hnet.layers.norm import RMSNorm
+from hnet.layers.remat import rematerialisable
 from hnet.sharding import shard
 
 
@@ -198,6 +199,7 @@ class Mamba2Block(nnx.Module):
                         ngroups=ngroups, d_conv=d_conv, chunk_size=chunk_size, out_std=out_std,
                         implementation=implementation, dtype=dtype)
 
+  @rematerialisable
   def __call__(self, x: jax.Array, positions: jax.Array | None = None,
                segment_ids: jax.Array | None = None) -> jax.Array:
     """x [B, L, D]; positions unused (accepted for the shared signature); segment_ids

@@ -11,6 +11,7 @@ from hnet.layers.attention import Attention
 from hnet.layers.linear import DEFAULT_STD
 from hnet.layers.mlp import SwiGLU
 from hnet.layers.norm import RMSNorm
+from hnet.layers.remat import rematerialisable
 from hnet.sharding import shard
 
 
@@ -25,6 +26,7 @@ class TransformerBlock(nnx.Module):
     self.mlp_norm = RMSNorm(dim)
     self.mlp = SwiGLU(dim, mlp_dim, rngs=rngs, out_std=out_std, dtype=dtype)
 
+  @rematerialisable
   def __call__(self, x: jax.Array, positions: jax.Array, segment_ids: jax.Array) -> jax.Array:
     x = x + self.attn(self.attn_norm(x), positions, segment_ids)
     x = x + self.mlp(self.mlp_norm(x))

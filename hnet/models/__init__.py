@@ -6,6 +6,8 @@ import importlib
 
 from flax import nnx
 
+from hnet.layers import remat
+
 # name -> "module:function"; the function is build(model_config, rngs) -> nnx.Module.
 MODELS = {
     "transformer": "hnet.models.transformer:build",
@@ -24,7 +26,8 @@ def build_model(model_config, rngs: nnx.Rngs) -> nnx.Module:
     raise ValueError(f"unknown model name {name!r}; known: {sorted(MODELS)} "
                      "(set --config.model.name to one of them)")
   module_name, fn_name = MODELS[name].split(":")
-  return getattr(importlib.import_module(module_name), fn_name)(model_config, rngs)
+  model = getattr(importlib.import_module(module_name), fn_name)(model_config, rngs)
+  return remat.set_policy(model, model_config.get("remat", "none"))
 
 
 # name -> "module:Class" of a controller: non-gradient state a family keeps in the

@@ -60,6 +60,7 @@ from hnet.layers.linear import DEFAULT_STD, Dense, Embed, normal_param
 from hnet.layers.mlp import SwiGLU
 from hnet.layers.norm import RMSNorm
 from hnet.layers.relative_position import RelativePositionBias
+from hnet.layers.remat import rematerialisable
 from hnet.models.output import ModelOutput
 from hnet.sharding import shard
 
@@ -227,6 +228,7 @@ class EncoderBlock(nnx.Module):
     self.mlp_norm = RMSNorm(dim)
     self.mlp = SwiGLU(dim, mlp_dim, rngs=rngs, out_std=out_std, dtype=dtype, activation=gelu_tanh)
 
+  @rematerialisable
   def __call__(self, x, positions, segment_ids, logit_bias):  # [B, L, D] -> [B, L, D]
     x = x + self.attn(self.attn_norm(x), positions, segment_ids, logit_bias)
     x = x + self.mlp(self.mlp_norm(x))
@@ -251,6 +253,7 @@ class DecoderBlock(nnx.Module):
     x = x + self.mlp(self.mlp_norm(x))
     return shard(x, ("batch", "length", "act_embed"))
 
+  @rematerialisable
   def __call__(self, x, positions, segment_ids, self_bias, memory_kv, memory_segment,
                memory_bias):
     x = x + self.self_attn(self.self_attn_norm(x), positions, segment_ids, self_bias)

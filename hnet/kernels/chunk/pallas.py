@@ -49,8 +49,10 @@ def _match_matmul_kernel(row_key_ref, col_key_ref, x_ref, out_ref, *, block_n: i
     def accumulate(acc):
       x = x_ref[cols, :]  # [bn, bd]
       one_hot = (row_key == col_key).astype(x.dtype)  # [bm, bn]
-      return acc + jnp.dot(one_hot, x, preferred_element_type=jnp.float32,
-                           precision=jax.lax.Precision.HIGHEST)
+      # HIGHEST keeps float32 rows exact; bfloat16 rows are exact at the default (a
+      # one-hot product accumulated in float32), and Mosaic TPU rejects HIGHEST for them.
+      precision = jax.lax.Precision.HIGHEST if x.dtype == jnp.float32 else None
+      return acc + jnp.dot(one_hot, x, preferred_element_type=jnp.float32, precision=precision)
 
     return jax.lax.cond(overlap, accumulate, lambda acc: acc, acc)
 
@@ -59,13 +61,15 @@ def _match_matmul_kernel(row_key_ref, col_key_ref, x_ref, out_ref, *, block_n: i
   out_ref[...] = acc.astype(out_ref.dtype)
 
 
-def match_matmul(x, row_key, col_key, *, block_m=64, block_n=64, block_d=128,
+def match_matmul(x, row_key, col_key, *, block_m=64, block_n=128, block_d=128,
                  out_dtype=None, interpret=False):
   """x [B, N, D], row_key [B, M], col_key [B, N] int32 -> [B, M, D] in out_dtype
   (default x.dtype).
 
   out[b, i] = sum_j [row_key[b, i] == col_key[b, j] >= 0] x[b, j]; valid keys must be
-  non-decreasing along each row (negative keys may sit anywhere).
+  non-decreasing along each row (negative keys may sit anywhere). block_n is a multiple
+  of 128: the column keys are sliced along lanes at j * block_n, which Mosaic TPU can
+  prove aligned only then (64 failed to compile for a TPU topology).
   """
   batch, num_cols, dim = x.shape
   num_rows = row_key.shape[1]

@@ -5,6 +5,10 @@ Forward  y_k = a_k y_{k-1} + P_k z_k,  a_k = (1 - P_k) keep_k.
 Backward (g = dL/dy): gy_k = g_k + a_{k+1} gy_{k+1} (a reverse-time recurrence),
          dz_k = P_k gy_k,  dP_k = sum_D gy_k (z_k - keep_k y_{k-1}).
 dP is summed over D blocks outside the kernel ([B, D/bd, C, 1] partial sums).
+The scans read and write one row per step at a dynamic index; rows are float32 in the
+kernels (z is widened before, dz narrowed after), since Mosaic TPU cannot prove such an
+access aligned in a packed bfloat16 tile (found by compiling for a TPU topology,
+hnet/kernel_aot.py).
 """
 
 import functools
@@ -43,7 +47,7 @@ def _scan_backward_kernel(prob_ref, keep_ref, z_ref, z_bar_ref, grad_ref,
     prob = prob_ref[step, :]  # [1, 1]
     keep = keep_ref[step, :]
     grad_y = grad_ref[step, :] + carry  # [1, bd]
-    grad_z_ref[step, :] = (prob * grad_y).astype(grad_z_ref.dtype)
+    grad_z_ref[step, :] = prob * grad_y
     has_previous = (k > 0).astype(jnp.float32)
     y_previous = z_bar_ref[pl.ds(jnp.maximum(k - 1, 0), 1), :] * has_previous
     z = z_ref[step, :].astype(jnp.float32)
@@ -95,8 +99,9 @@ def _prob_and_keep(chunk_prob, chunk_reset):
 def _ema_forward(z, chunk_prob, chunk_reset, block_d, interpret):
   batch, num_chunks, dim = z.shape
   block_d, dim_p = _block_and_padded_dim(dim, block_d)
+  rows = _pad_dim(z.astype(jnp.float32), dim_p)  # [B, C, Dp]
   (z_bar,) = _scan_call(
-      _scan_forward_kernel, (*_prob_and_keep(chunk_prob, chunk_reset), _pad_dim(z, dim_p)),
+      _scan_forward_kernel, (*_prob_and_keep(chunk_prob, chunk_reset), rows),
       ((jax.ShapeDtypeStruct((batch, num_chunks, dim_p), jnp.float32), "rows"),),
       block_d, interpret, "hnet_ema_scan_fwd")
   return z_bar[..., :dim]
@@ -113,13 +118,13 @@ def _ema_bwd(block_d, interpret, residuals, grad_z_bar):
   block_d, dim_p = _block_and_padded_dim(dim, block_d)
   grad_z, grad_prob_partial = _scan_call(
       _scan_backward_kernel,
-      (*_prob_and_keep(chunk_prob, chunk_reset), _pad_dim(z, dim_p), _pad_dim(z_bar, dim_p),
-       _pad_dim(grad_z_bar.astype(jnp.float32), dim_p)),
-      ((jax.ShapeDtypeStruct((batch, num_chunks, dim_p), z.dtype), "rows"),
+      (*_prob_and_keep(chunk_prob, chunk_reset), _pad_dim(z.astype(jnp.float32), dim_p),
+       _pad_dim(z_bar, dim_p), _pad_dim(grad_z_bar.astype(jnp.float32), dim_p)),
+      ((jax.ShapeDtypeStruct((batch, num_chunks, dim_p), jnp.float32), "rows"),
        (jax.ShapeDtypeStruct((batch, dim_p // block_d, num_chunks, 1), jnp.float32), "per_block")),
       block_d, interpret, "hnet_ema_scan_bwd")
   grad_prob = jnp.sum(grad_prob_partial[..., 0], axis=1).astype(chunk_prob.dtype)  # [B, C]
-  return grad_z[..., :dim], grad_prob, None
+  return grad_z[..., :dim].astype(z.dtype), grad_prob, None
 
 
 ema_scan_pallas.defvjp(_ema_fwd, _ema_bwd)
