@@ -34,9 +34,24 @@ flags.DEFINE_enum("objective", None, ["prefix_lm", "span_corruption"],
 FLAGS = flags.FLAGS
 
 ENCODER_DECODER = ("mrt5", "byt5")  # hnet/models/__init__.py names of encoder-decoders
+WORD_MODELS = ("hat", "lyt", "byte2word")  # decode with the host-side word splitter
 
 
-def sample_decoder(model, prompts):
+def sample_words(model, prompts):
+  """HAT / word-pooled models: hat.generate, the splitter closing words on the host
+  (max_word_size = the model's word slot, as the run's data was split)."""
+  from hnet.models import hat
+  if FLAGS.top_k or FLAGS.top_p < 1.0:
+    raise app.UsageError("HAT and the word-pooled models sample from the full distribution "
+                         "(hat.generate): drop --top_k / --top_p")
+  outs = hat.generate(model, prompts, max_new_bytes=FLAGS.max_new_bytes, seed=FLAGS.seed,
+                      temperature=FLAGS.temperature, max_word_size=model.max_word_len)
+  return [prompt + out for prompt, out in zip(prompts, outs)], None
+
+
+def sample_decoder(model, config, prompts):
+  if config.model.name in WORD_MODELS:
+    return sample_words(model, prompts)
   from hnet.generate import generate
   outs = generate(model, prompts, max_new_bytes=FLAGS.max_new_bytes, seed=FLAGS.seed,
                   temperature=FLAGS.temperature, top_k=FLAGS.top_k, top_p=FLAGS.top_p)
@@ -91,7 +106,7 @@ def main(argv):
   elif config.data.get("layout", "bytes") == "bpe":
     texts, notes = sample_bpe(model, config, prompts)
   else:
-    texts, notes = sample_decoder(model, prompts)
+    texts, notes = sample_decoder(model, config, prompts)
   seconds = time.perf_counter() - start
   for row, (prompt, text) in enumerate(zip(FLAGS.prompt, texts)):
     note = f" | {notes[row]}" if notes else ""

@@ -33,6 +33,9 @@ log = logging.getLogger("hnet")
 FAMILIES: dict[str, str] = {
     "transformer": "hnet.export.llama",   # byte and BPE Transformer: Llama / Mistral, native
     "byt5": "hnet.export.t5",             # ByT5: T5 v1.1 + two differences, remote code
+    "hat": "hnet.export.hat",             # HAT: HnetHATForCausalLM, remote code
+    "lyt": "hnet.export.word_pooled",     # Learn Your Tokens: HnetWordPooledForCausalLM, remote
+    "byte2word": "hnet.export.word_pooled",  # Byte2Word: HnetWordPooledForCausalLM, remote
 }
 RUN_FILE = "hnet_run.json"  # in the export: the run's config, step and held-out figures
 

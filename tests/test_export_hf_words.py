@@ -1,0 +1,278 @@
+"""Hugging Face export / import of HAT, Learn Your Tokens and Byte2Word (hnet/export/
+word_models.py, remote code in hnet/export/remote/{hat,word_pooled,words}), against the
+real transformers and torch (CPU).
+
+Each family is trained for a few steps with the project's own loop (hnet/loop.py) on a
+small local corpus, in a shrunk config, once per module; then exported with export_run.
+Measured figures are printed: run with -s to see them.
+"""
+import importlib
+import json
+import os
+import pathlib
+import shutil
+import subprocess
+import sys
+import textwrap
+import types
+
+import numpy as np
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+LOGIT_ATOL = 1e-4  # the issue's bound; float32 matmuls in torch and XLA sum in other orders
+TEXT = [
+    "ROMEO: But soft, what light through yonder window breaks? It is the east. ",
+    "JULIET: O Romeo, Romeo, wherefore art thou Romeo? Deny thy father. ",
+    "HAMLET: To be, or not to be, that is the question. Whether 'tis nobler. ",
+    "Of man's first disobedience, and the fruit of that forbidden tree. ",
+    "All the world's a stage, and all the men and women merely players. ",
+]
+PROMPTS = [b"ROMEO:", b"To be, or not", b"All the world"]  # rows of different lengths
+# Rows of different lengths with the splitter's late boundaries (HTTPSe, an incomplete
+# then complete multi-byte character), camelCase, whitespace runs and a long word.
+LOGIT_ROWS = PROMPTS + [b"JULIET: O Romeo, Romeo, wherefore art thou",
+                        "HTTPServer parseHTTPSe  中文 naïve\n\tx".encode(),
+                        b"a" * 40 + b" end"]
+NEW_BYTES = 64
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+  directory = tmp_path_factory.mktemp("export_words_corpus")
+  rng = np.random.default_rng(0)
+  for i in range(20):
+    text = "".join(TEXT[j] for j in rng.integers(0, len(TEXT), 24))
+    (directory / f"doc{i:02d}.txt").write_bytes(text.encode())
+  return str(directory)
+
+
+def _shrunk(module_name: str, corpus: str, steps: int, **model):
+  config = importlib.import_module(f"configs.{module_name}").get_config()
+  config.data.update(source="files", path=corpus, eval_fraction=0.2, seq_len=64,
+                     words_per_row=32, rare_max_count=-1)
+  config.train.update(steps=steps, batch_size=8, warmup_steps=5, log_every=steps, eval_every=0,
+                      eval_batches=2, lr=1e-2)
+  config.checkpoint.update(every=steps, async_save=False)
+  config.mesh.data = -1
+  config.model.update(model)
+  return config
+
+
+def _train_and_export(tmp_path_factory, name: str, config):
+  from hnet import loop
+  from hnet.export import export_run
+  root = tmp_path_factory.mktemp(name)
+  workdir, hf_dir = str(root / "run"), str(root / "hf")
+  loop.run(config, workdir)
+  result = export_run(workdir, hf_dir)
+  return types.SimpleNamespace(name=name, workdir=workdir, hf=hf_dir, export=result,
+                               config=config)
+
+
+@pytest.fixture(scope="module")
+def hat_run(corpus, tmp_path_factory):
+  """HAT with a sliding window of 8, grouped-query encoder heads and a decoder narrower
+  than the encoder (the decoder input projection)."""
+  config = _shrunk("hat_tiny", corpus, 60, encoder_dim=32, encoder_layers=2, encoder_heads=4,
+                   encoder_kv_heads=2, encoder_mlp_dim=64, window=8, dim=48, num_layers=2,
+                   num_heads=4, num_kv_heads=4, mlp_dim=96, decoder_dim=24, decoder_layers=2,
+                   decoder_heads=2, decoder_kv_heads=1, decoder_mlp_dim=48, pooling_heads=2,
+                   max_word_len=16)
+  config.data.bytes_per_word = 16
+  return _train_and_export(tmp_path_factory, "hat", config)
+
+
+@pytest.fixture(scope="module")
+def lyt_run(corpus, tmp_path_factory):
+  config = _shrunk("lyt_tiny", corpus, 60, byte_dim=32, dim=48, num_layers=2, num_heads=4,
+                   num_kv_heads=2, mlp_dim=96, decoder_layers=2, decoder_heads=4,
+                   decoder_mlp_dim=64, pooling_layers=1, pooling_heads=4, max_word_len=16)
+  config.data.bytes_per_word = 16
+  return _train_and_export(tmp_path_factory, "lyt", config)
+
+
+@pytest.fixture(scope="module")
+def byte2word_run(corpus, tmp_path_factory):
+  config = _shrunk("byte2word_tiny", corpus, 60, byte_dim=32, dim=48, num_layers=2,
+                   num_heads=4, num_kv_heads=4, mlp_dim=96, decoder_layers=1, decoder_heads=2,
+                   decoder_mlp_dim=64, pooling_heads=2, max_word_len=16)
+  config.data.bytes_per_word = 16
+  return _train_and_export(tmp_path_factory, "byte2word", config)
+
+
+FAMILIES = ["hat_run", "lyt_run", "byte2word_run"]
+
+
+def _jax_model(run):
+  from hnet.runs import load_model
+  model, _, step = load_model(run.workdir)
+  return model, step
+
+
+def _hf_model(run):
+  from transformers import AutoModelForCausalLM
+  return AutoModelForCausalLM.from_pretrained(run.hf, trust_remote_code=True).eval()
+
+
+def _tokenizer(run, padding_side="right"):
+  from transformers import AutoTokenizer
+  tokenizer = AutoTokenizer.from_pretrained(run.hf, trust_remote_code=True)
+  tokenizer.padding_side = padding_side
+  return tokenizer
+
+
+def hf_and_jax_logits(run, rows=LOGIT_ROWS, padding_side="right"):
+  """(HF logits, JAX logits, real-position mask), both in the HF batch's columns."""
+  import jax.numpy as jnp
+  import torch
+  from hnet.testing import word_layout_batch
+  model, _ = _jax_model(run)
+  hf = _hf_model(run)
+  enc = _tokenizer(run, padding_side)([r.decode() for r in rows], return_tensors="pt",
+                                      padding=True)
+  with torch.no_grad():
+    theirs = hf(**enc).logits.numpy()
+  mask = enc["attention_mask"].numpy().astype(bool)
+  length = int(mask.sum(1).max())
+  Lw = int(run.config.data.bytes_per_word)
+  batch = word_layout_batch([[r] for r in rows], length, num_words=length, word_len=Lw)
+  ours = np.asarray(model({k: jnp.asarray(v) for k, v in batch.items()}).logits)
+  ours_cols = np.zeros_like(theirs)
+  for b in range(len(rows)):
+    columns = np.flatnonzero(mask[b])
+    ours_cols[b, columns] = ours[b, :len(columns)]
+    assert np.array_equal(np.asarray(batch["inputs"])[b, :len(columns)],
+                          enc["input_ids"].numpy()[b, columns])
+  return theirs, ours_cols, mask
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", FAMILIES)
+def test_hf_logits_equal_jax_logits(family, request):
+  run = request.getfixturevalue(family)
+  theirs, ours, real = hf_and_jax_logits(run)
+  diff = float(np.max(np.abs(theirs - ours)[real]))
+  print(f"\n{run.name}: {run.export['architecture']}: max |HF - JAX| logits = {diff:.3g} "
+        f"over {int(real.sum())} positions, rows of lengths {real.sum(1).tolist()}")
+  assert diff < LOGIT_ATOL
+  theirs_left, _, real_left = hf_and_jax_logits(run, padding_side="left")
+  for b in range(len(LOGIT_ROWS)):  # left padding gives the same logits
+    np.testing.assert_array_equal(theirs_left[b, real_left[b]], theirs[b, real[b]])
+
+
+def _hf_greedy(run):
+  hf = _hf_model(run)
+  tokenizer = _tokenizer(run, padding_side="left")
+  enc = tokenizer([p.decode() for p in PROMPTS], return_tensors="pt", padding=True)
+  out = hf.generate(**enc, max_new_tokens=NEW_BYTES, do_sample=False)
+  new = [row[enc["input_ids"].shape[1]:].tolist() for row in out]
+  eos = tokenizer.eos_token_id
+  return [bytes(r[:r.index(eos)] if eos in r else r) for r in new]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", FAMILIES)
+def test_greedy_generate_equals_sample_tool(family, request):
+  """transformers' greedy generate() == tools/sample.py --temperature=0 (its own process,
+  on the exported run) for the same prompts, 64 new bytes, batched with prompts of
+  different lengths (left-padded in transformers)."""
+  run = request.getfixturevalue(family)
+  theirs = _hf_greedy(run)
+  cmd = [sys.executable, "tools/sample.py", f"--workdir={run.workdir}", "--temperature=0",
+         f"--max_new_bytes={NEW_BYTES}"] + [f"--prompt={p.decode()}" for p in PROMPTS]
+  env = {**os.environ, "XLA_FLAGS": "", "JAX_PLATFORMS": "cpu"}
+  proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, timeout=600)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  printed = proc.stdout.decode("utf-8", "replace")
+  print(f"\n{run.name}: " + " | ".join(repr(t[:40]) for t in theirs))
+  for prompt, new in zip(PROMPTS, theirs):
+    assert len(new) >= NEW_BYTES
+    assert (prompt + new).decode("utf-8", "replace") in printed
+
+
+def _params(workdir):
+  from flax import nnx
+  from hnet.export.family import flatten_params
+  model, step = _jax_model(types.SimpleNamespace(workdir=workdir))
+  return step, flatten_params(nnx.to_pure_dict(nnx.state(model, nnx.Param)))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", FAMILIES)
+def test_round_trip_is_bit_identical(family, request, tmp_path):
+  """JAX -> HF -> JAX: the import (hnet.export.import_run) of the export gives the very
+  parameters of the run."""
+  from hnet.export import import_run
+  run = request.getfixturevalue(family)
+  imported = str(tmp_path / "imported")
+  import_run(run.hf, os.path.join(run.workdir, "config.json"), imported)
+  step_a, params_a = _params(run.workdir)
+  step_b, params_b = _params(imported)
+  assert step_a == step_b and set(params_a) == set(params_b)
+  for name in params_a:
+    assert params_a[name].dtype == params_b[name].dtype
+    assert np.array_equal(params_a[name], params_b[name]), name
+
+
+FRESH_PROCESS = textwrap.dedent("""
+    import json, sys
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    assert not any("{root}" in p for p in sys.path), sys.path
+    try:
+      import hnet
+      raise SystemExit("hnet is importable: the test must run outside the project")
+    except ImportError:
+      pass
+    hf_dir = sys.argv[1]
+    model = AutoModelForCausalLM.from_pretrained(hf_dir, trust_remote_code=True).eval()
+    tokenizer = AutoTokenizer.from_pretrained(hf_dir, trust_remote_code=True)
+    enc = tokenizer(json.loads(sys.argv[2]), return_tensors="pt", padding=True)
+    with torch.no_grad():
+      logits = model(**enc).logits
+    print(json.dumps({{"logits": logits.tolist(), "mask": enc["attention_mask"].tolist()}}))
+""")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", FAMILIES)
+def test_export_loads_in_a_fresh_process_outside_the_project(family, request, tmp_path):
+  run = request.getfixturevalue(family)
+  hf_copy = tmp_path / "hf"
+  shutil.copytree(run.hf, hf_copy)
+  script = tmp_path / "load.py"
+  script.write_text(FRESH_PROCESS.format(root=ROOT))
+  env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "XLA_FLAGS")}
+  env.update(HF_HUB_OFFLINE="1", HF_MODULES_CACHE=str(tmp_path / "modules"))
+  rows = [r.decode() for r in LOGIT_ROWS]
+  proc = subprocess.run([sys.executable, str(script), str(hf_copy), json.dumps(rows)],
+                        cwd=str(tmp_path), env=env, capture_output=True, text=True, timeout=600)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  out = json.loads(proc.stdout.strip().splitlines()[-1])
+  theirs, real = np.asarray(out["logits"]), np.asarray(out["mask"]).astype(bool)
+  _, ours, _ = hf_and_jax_logits(run)
+  assert float(np.max(np.abs(theirs - ours)[real])) < LOGIT_ATOL
+
+
+def test_hat_config_uses_tfree_hat_field_names(hat_run):
+  config = json.loads((pathlib.Path(hat_run.hf) / "config.json").read_text())
+  assert config["auto_map"]["AutoModelForCausalLM"] == "modeling_hnet_hat.HnetHATForCausalLM"
+  for part in ("encoder_config", "backbone_config", "decoder_config"):
+    for field in ("hidden_size", "num_hidden_layers", "num_attention_heads",
+                  "num_key_value_heads", "intermediate_size", "rms_norm_eps", "rope_theta",
+                  "sliding_window", "mlp_bias", "is_neox_style"):
+      assert field in config[part], (part, field)
+  cross = config["decoder_config"]["cross_attention_config"]
+  assert set(cross) >= {"hidden_size", "hidden_size_q", "hidden_size_kv", "num_attention_heads",
+                        "attention_num_kv_heads", "word_window_size"}
+  assert config["max_word_size"] == 16 and config["sliding_window"] == 8
+  assert config["encoder_config"]["num_key_value_heads"] == 2
+  assert config["hnet_decoder_input_proj"] is True
+  assert "TFree-HAT" in (pathlib.Path(hat_run.hf) / "README.md").read_text()
+
+
+def test_export_ships_the_projects_splitter(hat_run, lyt_run):
+  source = pathlib.Path(ROOT, "hnet", "text", "splitter.py").read_bytes()
+  for run in (hat_run, lyt_run):
+    assert (pathlib.Path(run.hf) / "splitter.py").read_bytes() == source
