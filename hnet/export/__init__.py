@@ -36,6 +36,7 @@ FAMILIES: dict[str, str] = {
     "hat": "hnet.export.hat",             # HAT: HnetHATForCausalLM, remote code
     "lyt": "hnet.export.word_pooled",     # Learn Your Tokens: HnetWordPooledForCausalLM, remote
     "byte2word": "hnet.export.word_pooled",  # Byte2Word: HnetWordPooledForCausalLM, remote
+    "mrt5": "hnet.export.mrt5",           # MrT5: HnetMrT5ForConditionalGeneration, remote code
 }
 RUN_FILE = "hnet_run.json"  # in the export: the run's config, step and held-out figures
 
