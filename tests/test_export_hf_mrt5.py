@@ -53,7 +53,7 @@ def mrt5_run(tmp_path_factory):
   config.model.update(dim=32, num_encoder_layers=3, num_decoder_layers=2, num_heads=4,
                       head_dim=8, mlp_dim=64, rel_buckets=8, rel_max_distance=20, gate_layer=2)
   root = tmp_path_factory.mktemp("mrt5")
-  workdir, hf_dir = str(root / "run"), str(root / "hf")
+  workdir, hf_dir = str(root / "run"), str(root / "mrt5_hf")
   loop.run(config, workdir)
   result = export_run(workdir, hf_dir)
   return types.SimpleNamespace(name="mrt5", workdir=workdir, hf=hf_dir, export=result,
@@ -136,10 +136,13 @@ def _hf_generate(run, sources, objective, hard):
   hf = _hf_model(run)
   enc = hgenerate.source_batch([hgenerate.source_ids(s, objective) for s in sources])
   start = [257, 259] if objective == "span_corruption" else [257]
+  # This run was trained on span corruption: its generation_config lets sentinels through.
+  # Continuing a source (prefix LM) never samples them, as hnet/generate.py.
+  suppress = {} if objective == "span_corruption" else {"suppress_tokens": [256, 257] + list(range(259, 264))}
   out = hf.generate(input_ids=torch.tensor(enc["encoder_inputs"]),
                     attention_mask=torch.tensor(enc["encoder_segment_ids"]),
                     decoder_input_ids=torch.tensor([start] * len(sources)), hard_deletion=hard,
-                    max_new_tokens=NEW_BYTES, do_sample=False)
+                    max_new_tokens=NEW_BYTES, do_sample=False, **suppress)
   texts = []
   for row in out.tolist():
     new = row[len(start):]
@@ -238,10 +241,12 @@ def test_shared_weights_load_into_t5_and_only_the_gate_is_new(mrt5_run):
 
 
 FRESH_PROCESS = textwrap.dedent("""
-    import json, sys
+    import json, os, sys
     import torch
     from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
-    assert not any("{root}" in p for p in sys.path), sys.path
+    # no path entry is the project or holds its package (the venv may live beside it)
+    assert not any(os.path.exists(os.path.join(p, "hnet", "__init__.py")) for p in sys.path), sys.path
+    assert os.path.realpath("{root}") not in map(os.path.realpath, sys.path), sys.path
     try:
       import hnet
       raise SystemExit("hnet is importable: the test must run outside the project")

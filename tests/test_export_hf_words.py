@@ -63,7 +63,8 @@ def _train_and_export(tmp_path_factory, name: str, config):
   from hnet import loop
   from hnet.export import export_run
   root = tmp_path_factory.mktemp(name)
-  workdir, hf_dir = str(root / "run"), str(root / "hf")
+  # a distinct directory name per export: transformers names remote modules after it
+  workdir, hf_dir = str(root / "run"), str(root / f"{name}_hf")
   loop.run(config, workdir)
   result = export_run(workdir, hf_dir)
   return types.SimpleNamespace(name=name, workdir=workdir, hf=hf_dir, export=result,
@@ -216,10 +217,12 @@ def test_round_trip_is_bit_identical(family, request, tmp_path):
 
 
 FRESH_PROCESS = textwrap.dedent("""
-    import json, sys
+    import json, os, sys
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
-    assert not any("{root}" in p for p in sys.path), sys.path
+    # no path entry is the project or holds its package (the venv may live beside it)
+    assert not any(os.path.exists(os.path.join(p, "hnet", "__init__.py")) for p in sys.path), sys.path
+    assert os.path.realpath("{root}") not in map(os.path.realpath, sys.path), sys.path
     try:
       import hnet
       raise SystemExit("hnet is importable: the test must run outside the project")
@@ -272,7 +275,72 @@ def test_hat_config_uses_tfree_hat_field_names(hat_run):
   assert "TFree-HAT" in (pathlib.Path(hat_run.hf) / "README.md").read_text()
 
 
-def test_export_ships_the_projects_splitter(hat_run, lyt_run):
+def test_export_ships_the_projects_splitter(hat_run):
   source = pathlib.Path(ROOT, "hnet", "text", "splitter.py").read_bytes()
-  for run in (hat_run, lyt_run):
-    assert (pathlib.Path(run.hf) / "splitter.py").read_bytes() == source
+  assert (pathlib.Path(hat_run.hf) / "splitter.py").read_bytes() == source
+
+
+# ------------------------------------------------------------------------------ splitter
+
+def _remote_module(run, name):
+  """A module of the export's remote code, as transformers imported it."""
+  hf = _hf_model(run)
+  return importlib.import_module(sys.modules[type(hf).__module__].__package__ + "." + name)
+
+
+@pytest.mark.slow
+def test_exported_splitter_equals_the_projects_on_the_embedded_corpus(hat_run):
+  """The splitter transformers runs for the HAT export splits every document of the
+  embedded corpus (both splits) into the words hnet/text/splitter.py gives, at the
+  export's max_word_size and at the default 100."""
+  from hnet.data import corpus
+  from hnet.text import splitter
+  theirs = _remote_module(hat_run, "splitter")
+  assert theirs.__file__ != splitter.__file__
+  documents = corpus.embedded_documents("train") + corpus.embedded_documents("eval")
+  size = json.loads((pathlib.Path(hat_run.hf) / "config.json").read_text())["max_word_size"]
+  words = 0
+  for document in documents:
+    for max_word_size in (size, 100):
+      expected = splitter.split(document, max_word_size)
+      assert theirs.split(document, max_word_size) == expected
+      words += len(expected)
+  print(f"\nsplitter: {len(documents)} documents, {sum(map(len, documents)):,} bytes, "
+        f"{words:,} words equal")
+
+
+def _reference_row(data: bytes, word_len: int):
+  """hnet's word layout of one document (BOS + data): word_index, byte_in_word,
+  open_word_index (hnet/testing.py word_layout_batch, built with hnet's splitter)."""
+  from hnet.testing import word_layout_batch
+  n = len(data) + 1
+  batch = word_layout_batch([[data]], n + 1, n + 2, word_len)
+  return [batch[k][0, :n].tolist() for k in ("word_index", "byte_in_word", "open_word_index")]
+
+
+def test_exported_word_layout_equals_the_projects_on_the_property_test_inputs(hat_run):
+  """The export's word layout (splitter words, in-word slots and the open word after each
+  byte, which decides what every byte may read) equals hnet's on the splitter property
+  tests' inputs (tests/test_splitter.py strategies) and expected cases."""
+  from hypothesis import given, settings
+  import test_splitter
+  layers = _remote_module(hat_run, "hnet_word_layers")
+  splitter_copy = _remote_module(hat_run, "splitter")
+  from hnet.text import splitter
+
+  def check(data: bytes, size: int):
+    word_index, byte_in_word, open_word, _ = layers._row_words([257] + list(data), size)
+    assert [word_index, byte_in_word, open_word] == _reference_row(data, size), data
+    assert splitter_copy.split(data, size) == splitter.split(data, size)
+
+  for text, _ in test_splitter.EXPECTED:
+    if text:
+      check(text.encode(), 100)
+  check(b"ab\xe4\xb8X HTTPSe \xff", 4)
+
+  @settings(max_examples=300, deadline=None)
+  @given(test_splitter.any_input, test_splitter.sizes)
+  def property_inputs(data, size):
+    if data:
+      check(data, size)
+  property_inputs()
