@@ -200,11 +200,15 @@ def test_greedy_generate_equals_generate_from_source(mrt5_run, objective, hard):
 
 @pytest.mark.slow
 def test_round_trip_is_bit_identical(mrt5_run, tmp_path):
+  """JAX -> HF -> JAX through tools/import_hf.py: the very parameters of the run."""
   from flax import nnx
-  from hnet.export import import_run
   from hnet.export.family import flatten_params
   imported = str(tmp_path / "imported")
-  import_run(mrt5_run.hf, os.path.join(mrt5_run.workdir, "config.json"), imported)
+  proc = subprocess.run([sys.executable, "tools/import_hf.py", f"--hf={mrt5_run.hf}",
+                         f"--config={mrt5_run.workdir}/config.json", f"--workdir={imported}"],
+                        cwd=ROOT, env={**os.environ, "XLA_FLAGS": "", "JAX_PLATFORMS": "cpu"},
+                        capture_output=True, text=True, timeout=600)
+  assert proc.returncode == 0, proc.stderr[-2000:]
   params = []
   for workdir in (mrt5_run.workdir, imported):
     model, step = _jax_model(types.SimpleNamespace(workdir=workdir))
@@ -215,6 +219,7 @@ def test_round_trip_is_bit_identical(mrt5_run, tmp_path):
     assert a[name].dtype == b[name].dtype and np.array_equal(a[name], b[name]), name
 
 
+@pytest.mark.slow
 def test_shared_weights_load_into_t5_and_only_the_gate_is_new(mrt5_run):
   """T5ForConditionalGeneration.from_pretrained on the MrT5 export: every ByT5 weight
   loads by its name; the gate's three tensors are reported as unexpected, nothing is
