@@ -3,16 +3,22 @@
 A checkpoint holds params, optimizer state, step, RNG, any extra state (e.g. the
 MrT5 controller) and the grain iterator state, so a resumed run continues exactly.
 Restoring falls back to the previous checkpoint when the latest one is corrupt or
-partial, and says so.
+partial, and says so; the training loop also moves the unreadable step aside
+(`<step>.unreadable`, a name orbax does not read as a step) so that it can save that
+step again. Rotation (`rotate`) keeps the newest `keep` steps and never deletes the
+last checkpoint known to be good.
 """
 from __future__ import annotations
 
+import datetime
 import logging
 import os
 from typing import Any
 
 import grain
+import jax
 import orbax.checkpoint as ocp
+from etils import epath
 from flax import traverse_util
 
 from hnet import storage
@@ -24,10 +30,52 @@ class CheckpointError(RuntimeError):
   pass
 
 
-def make_manager(directory: str | os.PathLike, *, keep: int = 3, async_save: bool = True) -> ocp.CheckpointManager:
+def make_manager(directory: str | os.PathLike, *, keep: int | None = 3,
+                 async_save: bool = True) -> ocp.CheckpointManager:
+  """keep=None: orbax deletes nothing (the training loop rotates with `rotate`)."""
   options = ocp.CheckpointManagerOptions(max_to_keep=keep, enable_async_checkpointing=async_save,
                                          create=True)
   return ocp.CheckpointManager(storage.resolve(directory), options=options)
+
+
+def rotate(manager: ocp.CheckpointManager, keep: int, protect: int | None) -> list[int]:
+  """Deletes all but the newest `keep` steps, never `protect` (the last step known to be
+  good: its parameters gave a finite loss). Returns the deleted steps."""
+  steps = sorted(manager.all_steps(), reverse=True)
+  doomed = [s for s in steps[max(keep, 1):] if s != protect]
+  for step in doomed:
+    manager.delete(step)
+  return doomed
+
+
+def move_aside(manager: ocp.CheckpointManager, step: int, reason: str) -> str:
+  """Renames checkpoint `step` to `<step>.<reason>` (with a time stamp if that exists), a
+  name orbax does not read as a step: it is kept for inspection and the step can be saved
+  again. On a remote file system (gs://) this is copy + delete. Returns the new path."""
+  source = epath.Path(manager.directory) / str(step)
+  target = source.parent / f"{step}.{reason}"
+  if target.exists():
+    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%S%f")
+    target = source.parent / f"{step}.{reason}-{stamp}"
+  if jax.process_index() == 0:
+    if storage.is_remote(source):  # an object store has no rename
+      _copy_tree(source, target)
+      source.rmtree()
+    else:
+      os.rename(source, target)
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+    multihost_utils.sync_global_devices(f"hnet_move_aside_{step}_{reason}")
+  manager.reload()
+  return str(target)
+
+
+def _copy_tree(source: epath.Path, target: epath.Path) -> None:
+  for folder, _, files in source.walk():
+    destination = target / folder.relative_to(source)
+    destination.mkdir(parents=True, exist_ok=True)
+    for name in files:
+      (folder / name).copy(destination / name)
 
 
 def save(manager: ocp.CheckpointManager, step: int, state: Any, data_iterator=None,
@@ -39,13 +87,20 @@ def save(manager: ocp.CheckpointManager, step: int, state: Any, data_iterator=No
 
 
 def restore(manager: ocp.CheckpointManager, abstract_state: Any, data_iterator=None,
-            step: int | None = None) -> tuple[int, Any]:
+            step: int | None = None, move_unreadable: bool = False) -> tuple[int, Any]:
   """Restores the newest readable checkpoint (or `step`) into `abstract_state`'s
   structure and shardings; restores `data_iterator`'s position in place.
+  move_unreadable: move each newer step that fails to restore aside (`move_aside`), so
+  that training can save that step again (the training loop does; tools only read).
 
   Returns (step, state). Raises CheckpointError when none can be read.
   """
-  steps = sorted(manager.all_steps(), reverse=True) if step is None else [step]
+  existing = sorted(manager.all_steps(), reverse=True)
+  if step is not None and step not in existing:
+    raise CheckpointError(f"no checkpoint at step {step} in {manager.directory}; it holds "
+                          + (f"steps {', '.join(map(str, sorted(existing)))}" if existing else "none")
+                          + ". Pass one of those (or leave the step out for the newest).")
+  steps = existing if step is None else [step]
   if not steps:
     raise CheckpointError(f"no checkpoint in {manager.directory}; train first, or point "
                           "--workdir at a run directory that has checkpoints.")
@@ -60,6 +115,10 @@ def restore(manager: ocp.CheckpointManager, abstract_state: Any, data_iterator=N
       errors.append(f"step {candidate}: {type(e).__name__}: {str(e)[:200]}")
       log.warning("checkpoint at step %d in %s is unreadable (%s); falling back to an earlier one",
                   candidate, manager.directory, type(e).__name__)
+      if move_unreadable:
+        moved = move_aside(manager, candidate, "unreadable")
+        log.warning("moved the unreadable step %d to %s (kept for inspection; delete it when "
+                    "done); training will save step %d again", candidate, moved, candidate)
       continue
     if errors:
       log.warning("restored step %d after skipping %d unreadable checkpoint(s)", candidate, len(errors))

@@ -27,6 +27,7 @@ the encoder nor the decoder's cross-attention attends to.
 from __future__ import annotations
 
 import dataclasses
+import os
 from typing import Any, NamedTuple, Sequence
 
 import jax
@@ -113,11 +114,37 @@ def _scan(model: nnx.Module, encoded: dict | None, prompt: jax.Array, lengths: j
   return jnp.concatenate([fed.T[:, 1:], last[:, None]], axis=1)
 
 
+def memory_limit() -> int:
+  """Bytes a generation cache may take: the device's memory limit (host RAM on CPU)."""
+  stats = jax.local_devices()[0].memory_stats() or {}
+  if stats.get("bytes_limit"):
+    return int(stats["bytes_limit"])
+  return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def check_length(model: nnx.Module, batch: int, length: int, *, max_new_bytes: int,
+                 encoded: dict | None = None) -> None:
+  """Raises ValueError for max_new_bytes < 1 or a cache of `batch` x `length` positions
+  that would not fit in memory (memory_limit)."""
+  if max_new_bytes < 1:
+    raise ValueError(f"max_new_bytes={max_new_bytes}: ask for at least 1 byte")
+  cache = jax.eval_shape(lambda: model.init_cache(batch, length) if encoded is None
+                         else model.init_cache(batch, length, encoded))
+  need = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(cache))
+  if need > memory_limit():
+    fits = max(1, int(length * memory_limit() / need) - (length - max_new_bytes))
+    raise ValueError(f"max_new_bytes={max_new_bytes} for {batch} prompt(s) needs a "
+                     f"{need / 1e9:.1f} GB cache, more than the {memory_limit() / 1e9:.1f} GB "
+                     f"of memory; ask for fewer bytes (at most about {fits}) or fewer prompts")
+
+
 def _sample_ids(model: nnx.Module, prompts: Sequence[np.ndarray], *, max_new_bytes: int,
                 seed: int, sampling: Sampling, encoded: dict | None = None,
                 eos_id: int = hbytes.EOS_ID, pad_id: int = hbytes.PAD_ID) -> list[np.ndarray]:
   """Id prompts (each >= 1 id) -> the sampled ids of each row, EOS and after cut off."""
   lengths = np.array([len(x) for x in prompts], np.int32)
+  check_length(model, len(prompts), int(lengths.max()) + max_new_bytes,
+               max_new_bytes=max_new_bytes, encoded=encoded)
   prompt = np.full((len(prompts), int(lengths.max()) + max_new_bytes), pad_id, np.int32)
   for row, x in enumerate(prompts):
     prompt[row, :len(x)] = x

@@ -3,9 +3,14 @@
     summary = run(config, workdir)
 
 A killed run started again with the same workdir resumes from its newest readable
-checkpoint (params, optimizer, step, RNG, data position) and continues exactly.
-SIGTERM saves a checkpoint and exits cleanly; a NaN loss stops with the step and the
-last good checkpoint.
+checkpoint (params, optimizer, step, RNG, data position) and continues exactly; a newer
+checkpoint that cannot be read is moved aside (`<step>.unreadable`), so the step is
+saved again. SIGTERM saves a checkpoint and exits cleanly (before the first step it
+saves nothing and says so; it cancels an evaluation in progress). A non-finite loss,
+gradient norm or parameter stops the run naming which: that step is never saved, the
+checkpoint whose parameters produced it is moved aside (`<step>.diverged`) and rotation
+never deletes the last good one. Throughput counts completed steps: each step's results
+are fetched while the next one runs, and evaluations are left out of it.
 """
 from __future__ import annotations
 
@@ -15,11 +20,13 @@ import math
 import os
 import signal
 import time
-from typing import Any, Iterator
+from typing import Any, Callable
 
+import grain
 import jax
 import numpy as np
 from jax.experimental import multihost_utils
+from tqdm.auto import tqdm
 
 from hnet import checkpoint, lock as workdir_lock, sharding, storage
 from hnet.data import pipeline
@@ -103,22 +110,35 @@ def to_global(setup: Setup, local_batch: dict[str, np.ndarray]) -> dict[str, jax
   return {k: jax.make_array_from_process_local_data(shardings[k], v) for k, v in local_batch.items()}
 
 
-def evaluate(setup: Setup, eval_fn, state, max_batches: int = 0) -> dict[str, float]:
-  """Held-out bpb over the eval split (all of it when max_batches == 0). The model's own
-  metrics (ratios per batch) are averaged with each batch weighted by its targets, so a
-  padded last batch with few or no targets counts little or not at all."""
+def evaluate(setup: Setup, eval_fn, state, max_batches: int = 0, *, label: str = "eval",
+             cancelled: Callable[[], bool] | None = None) -> dict[str, float] | None:
+  """Held-out bpb over the eval split (all of it when max_batches == 0), with its own
+  progress bar labelled `label`. The model's own metrics (ratios per batch) are averaged
+  with each batch weighted by its targets, so a padded last batch with few or no targets
+  counts little or not at all. Returns None when `cancelled()` becomes true (SIGTERM)."""
+  config = setup.config
+  dataset = pipeline.make_dataset(
+      config.data, config.data.eval_split, seq_len=config.data.seq_len,
+      global_batch_size=config.train.batch_size, process_index=jax.process_index(),
+      process_count=jax.process_count(), seed=config.data.shuffle_seed, repeat=False)
+  total = min(len(dataset), max_batches) if max_batches else len(dataset)
+  if not total:
+    raise ValueError(f"the eval split {config.data.eval_split!r} produced no batches")
   totals: dict[str, float] = {}
-  count = 0
-  for local in data_iterator(setup.config, setup.config.data.eval_split, repeat=False):
-    out = jax.device_get(eval_fn(state["params"], to_global(setup, local), state["extra"]))
-    weight = float(out["targets"])  # model metrics: mean over batches weighted by targets
-    for k, v in out.items():
-      totals[k] = totals.get(k, 0.0) + float(v) * (weight if k.startswith("model/") else 1.0)
-    count += 1
-    if max_batches and count >= max_batches:
-      break
-  if not count:
-    raise ValueError(f"the eval split {setup.config.data.eval_split!r} produced no batches")
+  bar = tqdm(total=total, desc=label, leave=False, dynamic_ncols=True,
+             disable=jax.process_index() != 0)
+  with bar:
+    batches = dataset.to_iter_dataset(grain.ReadOptions(num_threads=2, prefetch_buffer_size=8))
+    for count, local in enumerate(batches, start=1):
+      if cancelled is not None and cancelled():
+        return None
+      out = jax.device_get(eval_fn(state["params"], to_global(setup, local), state["extra"]))
+      weight = float(out["targets"])  # model metrics: mean over batches weighted by targets
+      for k, v in out.items():
+        totals[k] = totals.get(k, 0.0) + float(v) * (weight if k.startswith("model/") else 1.0)
+      bar.update(1)
+      if count >= total:
+        break
   result = {"bpb": bits_per_byte(totals["nats"], totals["bytes"]),
             "loss": totals["nats"] / max(totals["targets"], 1.0), "bytes": totals["bytes"]}
   result.update({k: v / max(totals["targets"], 1.0) for k, v in totals.items()
@@ -126,15 +146,16 @@ def evaluate(setup: Setup, eval_fn, state, max_batches: int = 0) -> dict[str, fl
   return result
 
 
-def _check_finite(metrics: dict[str, float], step: int, manager) -> None:
-  if not all(math.isfinite(metrics.get(k, 0.0)) for k in ("loss", "objective", "grad_norm")):
-    good = manager.latest_step()
-    where = (f"the last good checkpoint is step {good} in {manager.directory}"
-             if good is not None else "no checkpoint was saved yet")
-    raise NonFiniteLossError(
-        f"loss became {metrics['loss']} (grad norm {metrics['grad_norm']}) at step {step}; {where}. "
-        "Lower --config.train.lr, raise warmup or use float32, then rerun with the same "
-        "--workdir to resume from that checkpoint.")
+# What a train step reports -> how the message names it when it is not finite.
+_WATCHED = (("loss", "the loss"), ("objective", "the objective (loss + aux losses)"),
+            ("grad_norm", "the gradient norm"),
+            ("param_max_abs", "the largest |parameter| after the update"))
+
+
+def _non_finite(metrics: dict[str, Any]) -> list[str]:
+  """What is not finite in a step's metrics, e.g. ["the loss (nan)", ...]."""
+  return [f"{name} ({float(metrics[key])})" for key, name in _WATCHED
+          if key in metrics and not math.isfinite(float(metrics[key]))]
 
 
 def _prepare_bpe(config, workdir) -> None:
@@ -179,29 +200,36 @@ def _lock_workdir(workdir) -> workdir_lock.WorkdirLock | None:
 
 def run(config, workdir: str) -> dict[str, Any]:
   """Trains `config` in `workdir` (a local path or gs://..., resuming if it holds
-  checkpoints) while holding the workdir lock; returns a summary."""
+  checkpoints) while holding the workdir lock; returns a summary. SIGTERM at any point,
+  even while compiling, stops cleanly (exit 0 from hnet.main)."""
   workdir = storage.resolve(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
   lock = _lock_workdir(workdir)
   try:
-    return _run(config, workdir, lock)
+    with _Preemption() as preemption:
+      return _run(config, workdir, lock, preemption)
   finally:
     if lock is not None:
       lock.release()
 
 
-def _run(config, workdir, lock) -> dict[str, Any]:
+def _run(config, workdir, lock, preemption: _Preemption) -> dict[str, Any]:
   _prepare_bpe(config, workdir)
   mesh = sharding.make_mesh(config.mesh.data, config.mesh.fsdp, config.mesh.tensor)
   log.info("mesh %s over %d devices", dict(mesh.shape), mesh.size)
+  with sharding.rules(config.mesh.get("rules", sharding.DEFAULT_RULES)):
+    sharding.check_global_batch(mesh, config.train.batch_size)
   setup = make_setup(config, mesh)
   profile = ProfileWindow(config.train.get("profile_steps", ""), config.train.steps,
                           os.fspath(workdir / "tb"))
-  manager = checkpoint.make_manager(workdir / "checkpoints", keep=config.checkpoint.keep,
+  # keep=None: orbax deletes nothing; checkpoint.rotate keeps the newest checkpoint.keep
+  # steps and never the last good one.
+  manager = checkpoint.make_manager(workdir / "checkpoints", keep=None,
                                     async_save=config.checkpoint.async_save)
   train_iter = data_iterator(config, config.data.train_split, repeat=True)
   if manager.latest_step() is not None:
-    start, state = checkpoint.restore(manager, setup.abstract_state, train_iter)
+    start, state = checkpoint.restore(manager, setup.abstract_state, train_iter,
+                                      move_unreadable=True)
     log.info("resumed from step %d in %s", start, manager.directory)
   else:
     start, state = 0, init_state(setup)
@@ -210,82 +238,193 @@ def _run(config, workdir, lock) -> dict[str, Any]:
   if jax.process_index() == 0:
     storage.write_text(workdir / "config.json", config.to_json_best_effort(indent=2))
 
+  if preemption.requested:  # SIGTERM while setting up: stop before compiling
+    return _stop_before_first_step(start, state, manager)
   first = next(train_iter)
   example = to_global(setup, first)
   with jax.set_mesh(mesh):
     compiled = jit_train_step(setup, example).lower(state, example).compile()
+  if preemption.requested:  # SIGTERM while compiling
+    return _stop_before_first_step(start, state, manager)
   eval_fn = jit_eval_step(setup, example)
   step_flops = compiled_flops(compiled)
   memory = compiled_memory(compiled)
   peak = measure_matmul_peak(1024, repeats=3) * jax.local_device_count()
-  lr_at = schedule(config)
   log.info("train step: %.3g FLOPs, memory per device %s", step_flops, memory)
 
   logger = MetricLogger(workdir, config.train.steps, start)
-  pending, last_time, last_step = None, time.perf_counter(), start
-  started = time.perf_counter()
   summary: dict[str, Any] = {"start_step": start, "step_flops": step_flops, "memory": memory,
                              "losses": {}}
-  batch, step = example, start
-  with _Preemption() as preemption, logger.flushed_on_error():
-    while step < config.train.steps:
-      profile.before(step + 1)
-      state, metrics = compiled(state, batch)
-      step += 1
-      profile.after(step, state)
-      logger.advance()
-      log_now = step % config.train.log_every == 0 or step == config.train.steps
-      save_now = step % config.checkpoint.every == 0 or step == config.train.steps
-      stop = preemption.reached(step) or _out_of_time(config, started, log_now)
-      if lock is not None:
-        lock.check()
-      if pending is not None:  # fetched one step late, so dispatch stays asynchronous
-        _log_train(logger, summary, *pending, lr_at, last_time, last_step, step_flops, peak)
-        last_time, last_step = time.perf_counter(), pending[0]
-        pending = None
-      if log_now or save_now or stop:
-        pending = (step, jax.device_get(metrics))
-        _check_finite(pending[1], step, manager)
-      if config.train.eval_every and step % config.train.eval_every == 0 and step < config.train.steps:
-        logger.write(step, evaluate(setup, eval_fn, state, config.train.eval_batches), "eval")
-      if save_now or stop:
-        # The checkpoint's own step is logged first: a kill right after the save must not
-        # lose the line a resumed run will not write again.
-        _log_train(logger, summary, *pending, lr_at, last_time, last_step, step_flops, peak)
-        last_time, last_step, pending = time.perf_counter(), step, None
-        logger.flush()
-        checkpoint.save(manager, step, state, train_iter, force=True)
-      if stop:
-        logger.bar.write(f"stopping at step {step} ({'SIGTERM' if preemption.requested else 'time budget'}); "
-                         f"checkpoint saved in {manager.directory}")
-        break
-      if step < config.train.steps:
-        batch = to_global(setup, next(train_iter))
-  profile.close()
-  if pending is not None:
-    _log_train(logger, summary, *pending, lr_at, last_time, last_step, step_flops, peak)
-  manager.wait_until_finished()
-  summary["step"] = step
-  summary["train_seconds"] = time.perf_counter() - started
-  if step >= config.train.steps:
-    summary["eval"] = evaluate(setup, eval_fn, state, 0)
-    logger.write(step, summary["eval"], "eval")
-  logger.close()
-  manager.close()
+  started = time.perf_counter()
+  tracker = _StepTracker(config, logger, summary, manager, start, step_flops, peak)
+  try:
+    with logger.flushed_on_error():
+      step, state = _train(setup, compiled, eval_fn, state, example, train_iter, manager,
+                           tracker, preemption, started, profile, lock)
+    manager.wait_until_finished()  # an async save is listed once it is finished
+    checkpoint.rotate(manager, config.checkpoint.keep, protect=tracker.good)
+    logger.bar.close()  # the training bar's time and rate end here, before the final eval
+    summary["step"] = step
+    summary["train_seconds"] = time.perf_counter() - started
+    if step >= config.train.steps and not preemption.requested:
+      split = config.data.eval_split
+      result = evaluate(setup, eval_fn, state, 0, label=f"final eval (whole {split} split)",
+                        cancelled=lambda: preemption.requested)
+      if result is not None:
+        summary["eval"] = result
+        logger.write(step, result, "eval")
+  finally:
+    manager.wait_until_finished()
+    logger.close()
+    manager.close()
   if jax.process_index() == 0:
     storage.write_text(workdir / "summary.json", json.dumps(summary, indent=2, default=float))
   summary["state"] = state
   return summary
 
 
-def _log_train(logger, summary, step, metrics, lr_at, last_time, last_step, step_flops, peak):
-  elapsed = max(time.perf_counter() - last_time, 1e-9)
-  steps_done = max(step - last_step, 1)
-  scalars = {k: float(v) for k, v in metrics.items() if np.ndim(v) == 0}
-  scalars["bpb"] = bits_per_byte(metrics["nats"], metrics["bytes"])
-  scalars["lr"] = float(lr_at(step - 1))
-  scalars["bytes_per_s"] = float(metrics["bytes"]) * steps_done / elapsed
-  scalars["model_flops_per_s"] = step_flops * steps_done / elapsed
-  scalars["mfu"] = scalars["model_flops_per_s"] / peak
-  summary["losses"][step] = scalars["loss"]
-  logger.write(step, scalars, "train")
+def _stop_before_first_step(start: int, state, manager) -> dict[str, Any]:
+  """SIGTERM came before any step ran: nothing new to save; say so and stop."""
+  tqdm.write(f"SIGTERM before the first step: stopping at step {start}, nothing trained, no "
+             "checkpoint saved" + (f" (step {start} stays in {manager.directory})" if start else ""))
+  manager.close()
+  return {"start_step": start, "step": start, "train_seconds": 0.0, "losses": {}, "state": state}
+
+
+def _newest(manager, at_most: int) -> int | None:
+  """The newest checkpoint step <= at_most (None if none)."""
+  return max((s for s in manager.all_steps() if s <= at_most), default=None)
+
+
+def _train(setup, compiled, eval_fn, state, batch, train_iter, manager, tracker, preemption,
+           started, profile, lock):
+  """The step loop. Each step's results are fetched while the next step runs (one step in
+  flight), so the progress bar and the throughput count completed steps; a step that is
+  saved, evaluated or stopped at is waited for first, so a non-finite one is never saved."""
+  config = setup.config
+  step, in_flight = tracker.start, None
+  while step < config.train.steps:
+    profile.before(step + 1)
+    state, metrics = compiled(state, batch)
+    step += 1
+    profile.after(step, state)
+    if in_flight is not None:  # the previous step: its results are ready once this one runs
+      tracker.finish(*in_flight, force_log=False)
+    in_flight = (step, metrics)
+    save_now = step % config.checkpoint.every == 0 or step == config.train.steps
+    eval_now = bool(config.train.eval_every) and step % config.train.eval_every == 0 \
+        and step < config.train.steps
+    log_now = step % config.train.log_every == 0 or step == config.train.steps
+    stop = preemption.reached(step) or _out_of_time(config, started, log_now)
+    if lock is not None:
+      lock.check()
+    if save_now or eval_now or stop:
+      # The checkpoint's own step is logged first: a kill right after the save must not
+      # lose the line a resumed run will not write again.
+      tracker.finish(*in_flight, force_log=save_now or stop)
+      in_flight = None
+    if eval_now and not stop:
+      eval_start = time.perf_counter()
+      result = evaluate(setup, eval_fn, state, config.train.eval_batches,
+                        label=f"eval at step {step}", cancelled=lambda: preemption.requested)
+      tracker.exclude(time.perf_counter() - eval_start)
+      if result is None:  # SIGTERM during the evaluation: stop without finishing it
+        stop = True
+        tracker.finish_log(step)
+      else:
+        tracker.logger.write(step, result, "eval")
+    if save_now or stop:
+      tracker.logger.flush()
+      checkpoint.save(manager, step, state, train_iter, force=True)
+      tracker.saved(step)
+    if stop:
+      tracker.logger.bar.write(
+          f"stopping at step {step} ({'SIGTERM' if preemption.requested else 'time budget'}); "
+          f"checkpoint saved in {manager.directory}")
+      break
+    if step < config.train.steps:
+      batch = to_global(setup, next(train_iter))
+  profile.close()
+  if in_flight is not None:
+    tracker.finish(*in_flight, force_log=True)
+  return step, state
+
+
+class _StepTracker:
+  """Bookkeeping of completed steps: progress bar, finiteness, throughput, logging, and
+  which checkpoint is the last good one (its parameters gave a finite loss)."""
+
+  def __init__(self, config, logger, summary, manager, start, step_flops, peak):
+    self.config, self.logger, self.summary, self.manager = config, logger, summary, manager
+    self.start, self.step_flops, self.peak = start, step_flops, peak
+    self.lr_at = schedule(config)
+    self.checkpoints = sorted(manager.all_steps())   # saved steps, oldest first
+    self.good = start if start in self.checkpoints else None
+    self.last_time, self.last_step = time.perf_counter(), start
+    self.unlogged: tuple[int, dict] | None = None
+
+  def exclude(self, seconds: float) -> None:
+    """Leaves `seconds` (an evaluation) out of the throughput figures."""
+    self.last_time += seconds
+
+  def finish(self, step: int, metrics, *, force_log: bool) -> None:
+    """Waits for `step`'s results; raises NonFiniteLossError if any is not finite."""
+    metrics = jax.device_get(metrics)
+    now = time.perf_counter()
+    self.logger.advance()
+    bad = _non_finite(metrics)
+    if bad:
+      self._diverged(step, metrics, bad)
+    # The loss of `step` was computed from the parameters of step - 1: finite, so the
+    # checkpoints up to step - 1 are good.
+    self.good = max((s for s in self.checkpoints if s <= step - 1), default=self.good)
+    self.unlogged = (step, metrics)
+    if force_log or step % self.config.train.log_every == 0 or step == self.config.train.steps:
+      self._log(now)
+
+  def finish_log(self, step: int) -> None:
+    if self.unlogged is not None and self.unlogged[0] == step:
+      self._log(time.perf_counter())
+
+  def saved(self, step: int) -> None:
+    self.checkpoints.append(step)
+    checkpoint.rotate(self.manager, self.config.checkpoint.keep, protect=self.good)
+    self.checkpoints = sorted(set(self.manager.all_steps()) | {step})
+
+  def _log(self, now: float) -> None:
+    step, metrics = self.unlogged
+    elapsed = max(now - self.last_time, 1e-9)
+    steps_done = max(step - self.last_step, 1)
+    scalars = {k: float(v) for k, v in metrics.items() if np.ndim(v) == 0}
+    scalars["bpb"] = bits_per_byte(metrics["nats"], metrics["bytes"])
+    scalars["lr"] = float(self.lr_at(step - 1))
+    scalars["bytes_per_s"] = float(metrics["bytes"]) * steps_done / elapsed
+    scalars["model_flops_per_s"] = self.step_flops * steps_done / elapsed
+    scalars["mfu"] = scalars["model_flops_per_s"] / self.peak
+    self.summary["losses"][step] = scalars["loss"]
+    self.logger.write(step, scalars, "train")
+    self.last_time, self.last_step, self.unlogged = now, step, None
+
+  def _diverged(self, step: int, metrics, bad: list[str]) -> None:
+    """Stops the run: nothing of `step` is saved; a checkpoint whose parameters produced
+    the non-finite loss or gradient (step - 1) is moved aside, so a resume starts from
+    the last good one."""
+    self.unlogged = (step, metrics)
+    self._log(time.perf_counter())
+    from_previous = any(not math.isfinite(float(metrics[k])) for k in ("loss", "objective", "grad_norm")
+                        if k in metrics)
+    moved = ""
+    self.manager.wait_until_finished()
+    if from_previous and step - 1 in self.manager.all_steps():
+      path = checkpoint.move_aside(self.manager, step - 1, "diverged")
+      moved = (f" The checkpoint of step {step - 1}, whose parameters gave it, was moved to "
+               f"{path}.")
+    good = _newest(self.manager, step - 1)
+    where = (f"the last good checkpoint is step {good} in {self.manager.directory}"
+             if good is not None else "no good checkpoint was saved")
+    source = f"computed from the parameters of step {step - 1}" if from_previous else "after the update"
+    raise NonFiniteLossError(
+        f"step {step}: {' and '.join(bad)} became non-finite ({source}); step {step} was "
+        f"not saved.{moved} {where[0].upper() + where[1:]}. Lower --config.train.lr, raise "
+        "--config.train.warmup_steps or use float32, then rerun with the same --workdir to "
+        "resume from that checkpoint.")

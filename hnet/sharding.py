@@ -92,6 +92,23 @@ def make_mesh(data: int = 1, fsdp: int = 1, tensor: int = 1, devices=None) -> Me
               axis_types=(AxisType.Auto,) * len(MESH_AXES))
 
 
+def check_global_batch(mesh: Mesh, batch_size: int) -> None:
+  """Raises ValueError unless `batch_size` rows split evenly over the mesh axes that the
+  logical "batch" axis maps to (else the batch would silently be replicated)."""
+  names = logical_to_spec(("batch",))[0]
+  names = (names,) if isinstance(names, str) else tuple(names or ())
+  ways = math.prod(mesh.shape[a] for a in names) if names else 1
+  if batch_size >= ways and batch_size % ways == 0:
+    return
+  below, above = (batch_size // ways) * ways, (batch_size // ways + 1) * ways
+  nearest = f"{below} or {above}" if below else str(above)
+  axes = " x ".join(f"{a}={mesh.shape[a]}" for a in names)
+  raise ValueError(
+      f"train.batch_size={batch_size} does not split over the {ways} ways the batch is "
+      f"sharded ({axes}): use a multiple of {ways}, nearest {nearest} "
+      f"(--config.train.batch_size={above}), or change --config.mesh.data / --config.mesh.fsdp.")
+
+
 def _fit(spec: PartitionSpec, shape: Sequence[int], mesh: Mesh) -> PartitionSpec:
   """Drops mesh axes that do not divide the dimension they would shard."""
   out = []

@@ -159,7 +159,10 @@ def train_step(state, batch, *, graphdef, tx, grad_accum: int, controller=None):
   # the aux losses (ratio loss, MrT5 gate regulariser) that the gradient also follows.
   metrics = {"loss": aux["nats"] / jnp.maximum(num_targets, 1.0), "objective": loss,
              "nats": aux["nats"], "targets": aux["count"], "bytes": aux["bytes"],
-             "grad_norm": optax.tree.norm(grads), **{f"aux/{k}": v for k, v in aux["aux"].items()},
+             "grad_norm": optax.tree.norm(grads),
+             # the largest |parameter| after this update (nan / inf: the update is not saved)
+             "param_max_abs": optax.tree.max(jax.tree.map(jnp.abs, params)),
+             **{f"aux/{k}": v for k, v in aux["aux"].items()},
              **{f"model/{k}": v for k, v in aux["model"].items()}}
   extra = controller.update(state["extra"], metrics) if controller is not None else state["extra"]
   new_state = {"step": state["step"] + 1, "params": params, "opt_state": opt_state,

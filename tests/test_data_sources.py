@@ -212,8 +212,9 @@ def test_single_document_is_split_by_bytes(tmp_path):
 # ----------------------------------------------------------------------------- tfds
 
 
-def test_tfds_builder_end_to_end(tmp_path):
+def test_tfds_builder_end_to_end(tmp_path, monkeypatch):
   from hnet.data import tfds_builder
+  monkeypatch.setenv("HOME", str(tmp_path))  # "~/tfds" as the README writes it, unexpanded by the shell
 
   src = tmp_path / "src"
   src.mkdir()
@@ -223,10 +224,10 @@ def test_tfds_builder_end_to_end(tmp_path):
   data_dir = tmp_path / "tfds"
   with warnings.catch_warnings():
     warnings.simplefilter("ignore")  # tfds/absl noise
-    builder = tfds_builder.build_text_files(str(src), str(data_dir), eval_fraction=0.25)
+    builder = tfds_builder.build_text_files(str(src), "~/tfds", eval_fraction=0.25)
   assert list((data_dir / "hnet_text_files/1.0.0").glob("*.array_record*"))
   c = base.get_config().data
-  c.source, c.tfds_name, c.tfds_data_dir = "tfds", builder.name, str(data_dir)
+  c.source, c.tfds_name, c.tfds_data_dir = "tfds", builder.name, "~/tfds"
   from_tfds = {s: sorted(sources.load_documents(c, s)[:]) for s in ("train", "eval")}
   files = _files_config(src, eval_fraction=0.25)
   from_files = {s: sorted(sources.load_documents(files, s)) for s in ("train", "eval")}

@@ -53,3 +53,10 @@ def test_cli_held_out_statistics_and_pictures(tmp_path, capsys):
   html = (tmp_path / "chunks.html").read_text()
   assert html.count("<span") == 300  # one cell per shown byte (one stage)
   assert (tmp_path / "chunks.png").stat().st_size > 1000
+
+
+def test_a_model_without_chunks_is_a_clear_error(tmp_path):
+  import pytest
+  sys.path.insert(0, os.path.dirname(os.path.dirname(__file__)))
+  with pytest.raises(ValueError, match="'transformer' model, which has no chunk boundaries"):
+    vc.main(["--config=configs/transformer_tiny.py", f"--out={tmp_path / 'chunks'}"])

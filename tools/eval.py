@@ -11,7 +11,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from absl import app, flags  # noqa: E402
+from absl import flags  # noqa: E402
 
 flags.DEFINE_string("workdir", "runs/default", "run directory with checkpoints")
 flags.DEFINE_string("source", "", "override data.source (embedded | files | tfds)")
@@ -73,4 +73,5 @@ def _word_metrics(setup, state, config) -> dict[str, float]:
 
 
 if __name__ == "__main__":
-  app.run(main)
+  from hnet import cli
+  cli.run(main)

@@ -12,6 +12,10 @@ deletion ratio of each source is printed when the model has a delete gate.
 
   python tools/sample.py --workdir=runs/compare/mrt5_prefix_lm_tiny --prompt="ROMEO:" \
       --hard_deletion --max_new_bytes=64 --temperature=0
+
+A prompt may hold any bytes (invalid UTF-8 is passed through as is). Generating past the
+length the run was trained on prints a note; a cache that would not fit in memory, or
+--max_new_bytes < 1, is an error.
 """
 import os
 import sys
@@ -95,11 +99,26 @@ def sample_encoder_decoder(model, config, prompts):
   return texts, notes
 
 
+def _warn_past_context(config, prompts) -> None:
+  """A note when the generated sequence runs past the length the run was trained on."""
+  if config.model.name in ENCODER_DECODER:
+    longest, context = FLAGS.max_new_bytes + 2, config.data.get("decoder_seq_len", 0)
+    what = "decoder bytes"
+  else:
+    longest, context = max(map(len, prompts)) + FLAGS.max_new_bytes + 1, config.data.seq_len
+    what = "bytes (prompt + max_new_bytes)"
+  if context and longest > context:
+    print(f"note: generating {longest} {what}, past the {context} the run was trained on; "
+          "the text after that point may degrade")
+
+
 def main(argv):
   del argv
   from hnet.runs import load_model
   model, config, step = load_model(FLAGS.workdir)
-  prompts = [p.encode("utf-8") for p in FLAGS.prompt]
+  # argv holds undecodable bytes as surrogate escapes: encode them back to those bytes
+  prompts = [p.encode("utf-8", "surrogateescape") for p in FLAGS.prompt]
+  _warn_past_context(config, prompts)
   start = time.perf_counter()
   if config.model.name in ENCODER_DECODER:
     texts, notes = sample_encoder_decoder(model, config, prompts)
@@ -115,4 +134,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  from hnet import cli
+  cli.run(main)

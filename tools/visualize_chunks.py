@@ -199,6 +199,9 @@ def main(argv=None) -> None:
   else:
     model, config, step = fresh_model(args.config)
     title = f"{args.config} (fresh init)"
+  if not hasattr(model, "chunking"):
+    raise ValueError(f"{args.workdir or args.config} is a {config.model.name!r} model, which has "
+                     "no chunk boundaries to show: give an H-Net run (model.name 'hnet').")
   if args.held_out_bytes > 0:
     text = held_out_text(config, args.held_out_bytes)
   elif args.text_file:
@@ -218,4 +221,5 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-  main()
+  from hnet import cli
+  cli.report(main)

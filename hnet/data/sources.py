@@ -201,6 +201,8 @@ def tfds_documents(data_config, split: str) -> TfdsDocuments:
   tfds_split = {"train": data_config.get("train_split", "train"),
                 "eval": data_config.get("eval_split", "validation")}.get(canonical, split)
   data_dir = data_config.get("tfds_data_dir", "") or None
+  if data_dir and "://" not in data_dir:
+    data_dir = os.path.expanduser(data_dir)  # "~/tfds" as a flag value reaches us unexpanded
   how_to_build = (
       f"Build it first, e.g. for local .txt/.jsonl files: `python -m hnet.data.tfds_builder "
       f"--path '<files or glob>' --data_dir {data_dir or '<data_dir>'}` (then "

@@ -18,6 +18,7 @@ skipped, held out by document hash with eval_fraction). Each record holds
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 import numpy as np
@@ -93,6 +94,8 @@ class HnetTextFiles(tfds.core.GeneratorBasedBuilder,
 def build_text_files(source_path: str, data_dir: str, *, text_key: str = "text",
                      eval_fraction: float = 0.02) -> HnetTextFiles:
   """Builds (or finds already built) hnet_text_files in data_dir; returns the builder."""
+  if "://" not in data_dir:
+    data_dir = os.path.expanduser(data_dir)  # "--data_dir=~/tfds" reaches us unexpanded
   builder = HnetTextFiles(source_path=source_path, text_key=text_key,
                           eval_fraction=eval_fraction, data_dir=data_dir)
   builder.download_and_prepare()

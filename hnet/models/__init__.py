@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 
+import jax.numpy as jnp
 from flax import nnx
 
 from hnet.layers import remat
@@ -20,11 +21,23 @@ MODELS = {
 }
 
 
+# model.dtype: the compute dtype (parameters stay float32).
+COMPUTE_DTYPES = ("float32", "bfloat16")
+
+
 def build_model(model_config, rngs: nnx.Rngs) -> nnx.Module:
   name = model_config.name
   if name not in MODELS:
     raise ValueError(f"unknown model name {name!r}; known: {sorted(MODELS)} "
                      "(set --config.model.name to one of them)")
+  dtype = model_config.get("dtype", "float32")
+  try:
+    known = jnp.dtype(dtype).name in COMPUTE_DTYPES
+  except TypeError:  # not a dtype name at all
+    known = False
+  if not known:
+    raise ValueError(f"--config.model.dtype={dtype!r} is not a compute dtype; use one of "
+                     f"{', '.join(COMPUTE_DTYPES)}")
   module_name, fn_name = MODELS[name].split(":")
   model = getattr(importlib.import_module(module_name), fn_name)(model_config, rngs)
   return remat.set_policy(model, model_config.get("remat", "none"))
