@@ -15,6 +15,7 @@ import logging
 import os
 from typing import Any
 
+import fsspec
 import grain
 import jax
 import orbax.checkpoint as ocp
@@ -71,11 +72,11 @@ def move_aside(manager: ocp.CheckpointManager, step: int, reason: str) -> str:
 
 
 def _copy_tree(source: epath.Path, target: epath.Path) -> None:
-  for folder, _, files in source.walk():
-    destination = target / folder.relative_to(source)
-    destination.mkdir(parents=True, exist_ok=True)
-    for name in files:
-      (folder / name).copy(destination / name)
+  """Copies a folder on an object store (gs://) object by object."""
+  fs, source_path = fsspec.core.url_to_fs(os.fspath(source))
+  target_path = fsspec.core.url_to_fs(os.fspath(target))[1]
+  for path in fs.find(source_path):
+    fs.copy(path, target_path + path[len(source_path.rstrip("/")):])
 
 
 def save(manager: ocp.CheckpointManager, step: int, state: Any, data_iterator=None,

@@ -102,6 +102,25 @@ def test_workdir_lock_on_gcs(gcs_env, caplog, monkeypatch):
   check_lock_semantics(storage.resolve(f"gs://{BUCKET}/locked"), caplog, monkeypatch)
 
 
+def test_unreadable_step_is_moved_aside_on_gcs(gcs_env):
+  """gs:// has no rename: moving a step aside copies it to <step>.unreadable and deletes it."""
+  import numpy as np
+  from hnet import checkpoint
+  manager = checkpoint.make_manager(f"gs://{BUCKET}/aside/checkpoints", keep=None, async_save=False)
+  state = {"x": np.arange(6, dtype=np.float32)}
+  checkpoint.save(manager, 1, state, force=True)
+  checkpoint.save(manager, 2, state, force=True)
+  before = sorted(_gcs(gcs_env).find(f"{BUCKET}/aside/checkpoints/2"))
+  moved = checkpoint.move_aside(manager, 2, "unreadable")
+  assert moved == f"gs://{BUCKET}/aside/checkpoints/2.unreadable"
+  after = sorted(_gcs(gcs_env).find(f"{BUCKET}/aside/checkpoints/2.unreadable"))
+  assert [p.replace("/2.unreadable/", "/2/") for p in after] == before and before
+  assert manager.all_steps() == [1]  # orbax does not read the moved step
+  checkpoint.save(manager, 2, state, force=True)  # and the step can be saved again
+  assert sorted(manager.all_steps()) == [1, 2]
+  manager.close()
+
+
 READ_DOCUMENTS = """
 import json, sys
 from configs import base
