@@ -4,7 +4,8 @@
 Each family is trained for a few steps with the project's own loop (hnet/loop.py) on a
 small local corpus, in a shrunk config, once per module; then exported with export_run.
 Measured figures (max |HF logits - JAX logits| over the real positions) are printed:
-run with -s to see them.
+run with -s to see them. Every test that takes a run fixture is marked slow: the first
+one to use a fixture trains it (20-60 s of CPU for each of the four).
 """
 import json
 import os
@@ -290,6 +291,7 @@ def test_import_cli_gives_a_run_that_sample_tool_and_init_from_accept(byte_run, 
   assert not missing and len(copied) == len(jax.tree.leaves(abstract))
 
 
+@pytest.mark.slow  # trains its run fixture when run alone
 def test_native_exports_need_no_remote_code(byte_run, bpe_run, window_run):
   for run, arch in ((byte_run, "LlamaForCausalLM"), (bpe_run, "LlamaForCausalLM"),
                     (window_run, "MistralForCausalLM")):
@@ -299,6 +301,7 @@ def test_native_exports_need_no_remote_code(byte_run, bpe_run, window_run):
     _hf_model(run, trust_remote_code=False)  # loads without remote code
 
 
+@pytest.mark.slow  # trains its run fixture when run alone
 def test_byt5_export_is_remote_code_and_says_why(byt5_run):
   config = json.loads((pathlib.Path(byt5_run.hf) / "config.json").read_text())
   assert config["auto_map"]["AutoModelForSeq2SeqLM"].startswith("modeling_hnet_byt5.")
@@ -377,6 +380,7 @@ def test_exports_load_in_a_fresh_process_outside_the_project(byte_run, byt5_run,
     assert diff < LOGIT_ATOL, (run.name, diff)
 
 
+@pytest.mark.slow  # trains its run fixture when run alone
 def test_sharded_export_loads_in_transformers(byte_run, tmp_path):
   import torch
   from transformers import AutoModelForCausalLM
@@ -393,6 +397,7 @@ def test_sharded_export_loads_in_transformers(byte_run, tmp_path):
     assert torch.equal(sharded(input_ids=ids).logits, single(input_ids=ids).logits)
 
 
+@pytest.mark.slow  # trains its run fixture when run alone
 def test_model_card_states_config_steps_and_bpb(byte_run):
   card = (pathlib.Path(byte_run.hf) / "README.md").read_text()
   summary = json.loads((pathlib.Path(byte_run.workdir) / "summary.json").read_text())
@@ -401,6 +406,7 @@ def test_model_card_states_config_steps_and_bpb(byte_run):
   assert '"num_kv_heads": 2' in card and "AutoModelForCausalLM" in card
 
 
+@pytest.mark.slow  # trains its run fixture when run alone
 def test_bpe_tokenizer_export_gives_the_runs_ids(bpe_run):
   from hnet.data import bpe
   from hnet.eval.scoring import bpe_tokenizer
@@ -414,6 +420,7 @@ def test_bpe_tokenizer_export_gives_the_runs_ids(bpe_run):
 
 # ------------------------------------------------------------------------------ errors
 
+@pytest.mark.slow  # trains its run fixture when run alone
 def test_export_of_a_workdir_without_checkpoints_says_so(byte_run, tmp_path):
   from hnet.export import ExportError, export_run
   workdir = tmp_path / "untrained"
@@ -425,6 +432,7 @@ def test_export_of_a_workdir_without_checkpoints_says_so(byte_run, tmp_path):
     export_run(str(tmp_path / "nothing"), str(tmp_path / "out"))
 
 
+@pytest.mark.slow  # trains its run fixture when run alone
 def test_export_of_a_family_not_yet_exportable_lists_the_exportable(byte_run, tmp_path):
   from hnet.export import FAMILIES, ExportError, export_run
   workdir = tmp_path / "hat"
@@ -437,6 +445,7 @@ def test_export_of_a_family_not_yet_exportable_lists_the_exportable(byte_run, tm
   assert all(name in str(info.value) for name in FAMILIES)
 
 
+@pytest.mark.slow  # trains its run fixture when run alone
 def test_import_with_another_config_names_the_first_differing_field(byte_run, tmp_path):
   from hnet.export import ExportError, import_run
   config = byte_run.config.copy_and_resolve_references()
@@ -449,6 +458,7 @@ def test_import_with_another_config_names_the_first_differing_field(byte_run, tm
     import_run(byte_run.hf, config, str(tmp_path / "imported"))
 
 
+@pytest.mark.slow  # trains its run fixture when run alone
 def test_import_with_missing_or_extra_tensors_names_them(byte_run, tmp_path):
   from safetensors.numpy import load_file, save_file
   from hnet.export import ExportError, import_run
@@ -463,6 +473,7 @@ def test_import_with_missing_or_extra_tensors_names_them(byte_run, tmp_path):
     import_run(str(hf), byte_run.config.copy_and_resolve_references(), str(tmp_path / "imported"))
 
 
+@pytest.mark.slow  # trains its run fixture when run alone
 def test_import_refuses_a_workdir_with_checkpoints(byte_run):
   from hnet.export import ExportError, import_run
   with pytest.raises(ExportError, match="already holds checkpoints"):

@@ -69,7 +69,8 @@ def sample_bpe(model, config, prompts):
   outs = generate_bpe(model, prompts, bpe_tokenizer(config), max_new_tokens=FLAGS.max_new_bytes,
                       seed=FLAGS.seed, temperature=FLAGS.temperature, top_k=FLAGS.top_k,
                       top_p=FLAGS.top_p)
-  return [prompt + out for prompt, out in zip(prompts, outs)], [f"{FLAGS.max_new_bytes} BPE tokens at most"] * len(prompts)
+  notes = [f"{FLAGS.max_new_bytes} BPE tokens at most"] * len(prompts)
+  return [prompt + out for prompt, out in zip(prompts, outs)], notes
 
 
 def sample_encoder_decoder(model, config, prompts):

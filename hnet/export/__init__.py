@@ -104,14 +104,23 @@ def _apply_tokens(export: FamilyExport, spec: export_tokenizer.TokenizerSpec) ->
   export.generation_config.setdefault("_from_model_config", False)
 
 
-def _usage(export: FamilyExport, out: str) -> str:
+def _usage(export: FamilyExport, out: str, objective: str | None) -> str:
   remote = ", trust_remote_code=True" if export.remote_files else ""
-  if export.config.get("is_encoder_decoder"):
+  if export.config.get("is_encoder_decoder") and objective == "span_corruption":
     return f"""import torch
 from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 tokenizer = AutoTokenizer.from_pretrained("{out}"{remote})
 model = AutoModelForSeq2SeqLM.from_pretrained("{out}"{remote})
-source = tokenizer(["To be, or not to be"], return_tensors="pt")
+# a span-corruption source: the missing span is sentinel 259 (<extra_id_0>), then <eos>
+ids = list(b"To be, or ") + [259] + list(b" to be, that is the question") + [258]
+out = model.generate(input_ids=torch.tensor([ids]), decoder_input_ids=torch.tensor([[257, 259]]),
+                     max_new_tokens=64, do_sample=False)
+print(tokenizer.decode(out[0], skip_special_tokens=True))  # the span (sentinels dropped)"""
+  if export.config.get("is_encoder_decoder"):
+    return f"""from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
+tokenizer = AutoTokenizer.from_pretrained("{out}"{remote})
+model = AutoModelForSeq2SeqLM.from_pretrained("{out}"{remote})
+source = tokenizer(["To be, or not to be"], return_tensors="pt")  # prefix LM: the continuation
 out = model.generate(**source, max_new_tokens=64, do_sample=False)
 print(tokenizer.decode(out[0], skip_special_tokens=True))"""
   return f"""from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -150,7 +159,8 @@ def export_run(workdir: str, out: str, step: int | None = None, *,
   card = writer.model_card(
       repo_name=os.path.basename(os.path.normpath(out)), family=config.model.name,
       architecture=architecture, config_json=config_json, step=step, held_out=held_out,
-      remote_code=bool(export.remote_files), usage=_usage(export, out),
+      remote_code=bool(export.remote_files),
+      usage=_usage(export, out, config.data.get("objective")),
       notes=getattr(family, "MODEL_CARD_NOTES", ""))
   path = writer.write_hf_dir(out, export, tokenizer_files=spec.files, model_card=card,
                              max_shard_bytes=max_shard_bytes)
@@ -208,18 +218,16 @@ def import_run(hf_dir: str, config, workdir: str, *, step: int | None = None) ->
   config.mesh.data, config.mesh.fsdp, config.mesh.tensor = 1, 1, 1
   mesh = sharding.make_mesh(1, 1, 1, devices=jax.devices()[:1])
   setup = make_setup(config, mesh)
-  abstract = flatten_params(jax.tree.map(lambda s: np.zeros((0,)), setup.abstract_state["params"]))
+  abstract = flatten_params(setup.abstract_state["params"], as_numpy=False)  # name -> ShapeDtypeStruct
   imported = flatten_params(params)
   missing, extra = sorted(set(abstract) - set(imported)), sorted(set(imported) - set(abstract))
-  if missing or extra:
-    raise ExportError(f"the family converter returned params that do not fit the model: "
-                      f"missing {missing[:10]}, extra {extra[:10]}")
-  shapes = {name: leaf.shape for name, leaf in
-            flatten_params(jax.tree.map(lambda s: np.empty(s.shape, np.int8),
-                                        setup.abstract_state["params"])).items()}
-  for name, shape in shapes.items():
-    if imported[name].shape != shape:
-      raise ExportError(f"imported {name} has shape {imported[name].shape}, the model needs {shape}")
+  if missing or extra:  # the family's from_hf disagrees with the model: a bug, not bad input
+    raise ExportError(f"{FAMILIES[config.model.name]}.from_hf returned params that do not fit "
+                      f"the model: missing {missing[:10]}, extra {extra[:10]}")
+  for name, leaf in abstract.items():
+    if imported[name].shape != tuple(leaf.shape):
+      raise ExportError(f"imported {name} has shape {imported[name].shape}, the model needs "
+                        f"{tuple(leaf.shape)}")
   state = init_state(setup)
   new_params = _like(setup.abstract_state["params"], unflatten_params(imported))
   with jax.set_mesh(mesh):

@@ -35,16 +35,16 @@ class FamilyExport:
   generation_config: dict = dataclasses.field(default_factory=dict)
 
 
-def flatten_params(params: Mapping[str, Any]) -> dict[str, np.ndarray]:
-  """Nested params -> {"layers/0/attn/query/kernel": numpy array}."""
-  flat: dict[str, np.ndarray] = {}
+def flatten_params(params: Mapping[str, Any], as_numpy: bool = True) -> dict[str, Any]:
+  """Nested params -> {"layers/0/attn/query/kernel": numpy array (or the leaf as it is)}."""
+  flat: dict[str, Any] = {}
 
   def walk(prefix: str, node):
     if isinstance(node, Mapping):
       for key, child in node.items():
         walk(f"{prefix}/{key}" if prefix else str(key), child)
     else:
-      flat[prefix] = np.asarray(node)
+      flat[prefix] = np.asarray(node) if as_numpy else node
   walk("", params)
   return flat
 

@@ -7,6 +7,7 @@
   out/tokenizer.json, tokenizer_config.json, special_tokens_map.json
   out/<remote code files>          copied verbatim (FamilyExport.remote_files)
   out/README.md                    the model card
+  out/hnet_run.json                the run's config, step and held-out bpb (export_run)
 
 Weights are safetensors only: loading them runs no pickled code.
 """
