@@ -38,29 +38,50 @@ def _inner_fn(chunks, positions):
   return jnp.tanh(chunks) * (1.0 + 0.1 * positions[..., None].astype(jnp.float32))
 
 
-def _numpy_reference(h, segment_ids, w_q, w_k, residual):
-  """Exact variable-length semantics, one byte at a time."""
+def _kept_with_capacity(boundary, start, capacity):
+  """One row's boundaries [L] bool and document starts [L] bool -> the kept ones [L]:
+  in order, greedily, each boundary inside a document only while a slot is left for
+  every document start after it (starts are boundaries; capacity None = keep all)."""
+  if capacity is None:
+    return boundary.copy()
+  kept = np.zeros_like(boundary)
+  used = 0
+  for t in np.nonzero(boundary)[0]:
+    starts_after = int(start[t + 1:].sum())
+    if (used < capacity) if start[t] else (used + 1 + starts_after <= capacity):
+      kept[t], used = True, used + 1
+  return kept
+
+
+def _numpy_reference(h, segment_ids, w_q, w_k, residual, capacity=None):
+  """Exact variable-length semantics, one byte at a time; with a capacity, only the
+  boundaries `_kept_with_capacity` keeps start chunks. A byte reads the EMA of its own
+  document's kept chunks (zeros if its document has none)."""
   B, L, D = h.shape
   out = np.zeros_like(h)
   probs, masks = np.zeros((B, L)), np.zeros((B, L), bool)
+  starts = np.zeros((B, L), bool)
   for b in range(B):
-    z_bar, chunk_ordinal, previous = np.zeros(D), -1, np.zeros(D)
+    previous = np.zeros(D)
     for t in range(L):
       start = t == 0 or segment_ids[b, t] != segment_ids[b, t - 1]
       q, k = previous @ w_q, h[b, t] @ w_k
       cos = q @ k / (max(np.linalg.norm(q), 1e-8) * max(np.linalg.norm(k), 1e-8))
       p = 1.0 if start else float(np.clip((1 - cos) / 2, 0, 1))
-      boundary = p > 0.5 and (segment_ids[b, t] > 0 or start)
-      if start:
+      probs[b, t], starts[b, t] = p, start
+      masks[b, t] = p > 0.5 and (segment_ids[b, t] > 0 or start)
+      previous = h[b, t]
+    kept = _kept_with_capacity(masks[b], starts[b], capacity)
+    z_bar, chunk_ordinal = np.zeros(D), -1
+    for t in range(L):
+      if starts[b, t]:
         z_bar, chunk_ordinal = np.zeros(D), -1
-      if boundary:
+      if kept[t]:
         chunk_ordinal += 1
         z = np.tanh(h[b, t]) * (1.0 + 0.1 * chunk_ordinal)
-        P = np.clip(p, 1e-4, 1 - 1e-4)
+        P = np.clip(probs[b, t], 1e-4, 1 - 1e-4)
         z_bar = P * z + (1 - P) * z_bar
       out[b, t] = z_bar + residual[b, t]
-      probs[b, t], masks[b, t] = p, boundary
-      previous = h[b, t]
   return out, probs, masks
 
 
@@ -85,23 +106,77 @@ def test_chunk_dechunk_at_full_capacity_is_exact(implementation):
   assert not np.asarray(routed.inner.real)[np.asarray(routed.inner.segment_ids) == 0].any()
 
 
-def test_capacity_overflow_is_counted_and_keeps_the_prefix():
+def _route_dechunk(router, h, segment_ids, residual, capacity, implementation):
+  """Jitted route_and_chunk -> stand-in inner network -> dechunk_and_combine."""
+  impl = dict(implementation=implementation, interpret=True)
+  stream = _stream(segment_ids)
+
+  @jax.jit
+  def path(h, residual):
+    routed = dc.route_and_chunk(router, h, stream, capacity, **impl)
+    z = _inner_fn(routed.chunks, routed.inner.positions)
+    return routed, dc.dechunk_and_combine(z, routed, residual, **impl)
+
+  return path(jnp.asarray(h), jnp.asarray(residual))
+
+
+def test_capacity_overflow_is_counted_and_drops_within_documents():
   h, segment_ids, router, residual = _inputs(seed=1)
   stream = _stream(segment_ids)
   full = dc.route_and_chunk(router, jnp.asarray(h), stream, h.shape[1])
   kept = np.asarray(full.boundary_mask).sum(1)
   capacity = int(kept.min()) - 2
-  small = dc.route_and_chunk(router, jnp.asarray(h), stream, capacity)
+  small, out_small = _route_dechunk(router, h, segment_ids, residual, capacity, "jnp")
   np.testing.assert_array_equal(np.asarray(small.num_dropped), kept - capacity)
-  z_full = _inner_fn(full.chunks, full.inner.positions)
-  z_small = _inner_fn(small.chunks, small.inner.positions)
-  out_full = np.asarray(dc.dechunk_and_combine(z_full, full, jnp.asarray(residual)))
-  out_small = np.asarray(dc.dechunk_and_combine(z_small, small, jnp.asarray(residual)))
-  cumsum = np.cumsum(np.asarray(full.boundary_mask), axis=1)
-  before_overflow = cumsum <= capacity  # bytes whose chunk was kept
-  np.testing.assert_allclose(out_small[before_overflow], out_full[before_overflow], atol=1e-6)
-  # Bytes past the overflow read the last kept chunk, not their own.
-  assert not np.allclose(out_small[~before_overflow], out_full[~before_overflow])
+  expected, _, _ = _numpy_reference(h, segment_ids, np.asarray(router.query[...]),
+                                    np.asarray(router.key[...]), residual, capacity)
+  np.testing.assert_allclose(np.asarray(out_small), expected, atol=1e-5, rtol=1e-5)
+  # Row 0 (one document) keeps its first C boundaries; its later bytes read the last.
+  first = np.nonzero(np.asarray(full.boundary_mask)[0])[0][:capacity]
+  np.testing.assert_array_equal(np.asarray(small.chunk_byte_index)[0], first)
+
+
+def _many_documents(seed, length=128, dim=8):
+  """Packed rows at capacity 8 with overflows before later documents: row 0 three
+  documents, row 1 thirteen (more than the capacity), row 2 two and padding."""
+  h, _, router, _ = _inputs(seed=seed, B=3, L=length, D=dim)
+  residual = np.random.default_rng(seed + 100).normal(size=h.shape).astype(np.float32)
+  segment_ids = np.zeros((3, length), np.int32)
+  for b, starts in enumerate([(0, 30, 70), tuple(range(0, length, 10)), (0, 50)]):
+    for number, (begin, end) in enumerate(zip(starts, starts[1:] + (length,))):
+      segment_ids[b, begin:end] = number + 1
+  segment_ids[2, 100:] = 0  # padding
+  return h, segment_ids, router, residual
+
+
+@pytest.mark.parametrize("implementation", ["jnp", "pallas"])
+def test_overflow_never_reads_another_documents_chunk(implementation):
+  """Overflow (capacity 8, rows of 128) before later documents of the row: every byte
+  reads a chunk of its own document, or none where the row has more documents than
+  slots; outputs equal the per-document numpy reference with the same drops."""
+  capacity = 8
+  h, segment_ids, router, residual = _many_documents(seed=3)
+  routed, out = _route_dechunk(router, h, segment_ids, residual, capacity, implementation)
+  mask = np.asarray(routed.boundary_mask)
+  assert (mask.sum(1) > capacity + 10).all(), "every row must overflow"
+  index_of_byte = np.asarray(routed.chunk_index_of_byte)  # [B, L]
+  byte_of_chunk = np.asarray(routed.chunk_byte_index)  # [B, C]
+  for b in range(3):
+    reads = index_of_byte[b] >= 0
+    source = byte_of_chunk[b][index_of_byte[b][reads]]  # byte each byte's chunk came from
+    np.testing.assert_array_equal(segment_ids[b][source], segment_ids[b][reads])
+    # Nothing to read only for the documents after the C-th start (row 1's last five).
+    start_rank = np.cumsum(np.asarray(dc.segment_starts(jnp.asarray(segment_ids)))[b])
+    np.testing.assert_array_equal(~reads, start_rank > capacity)
+  assert (index_of_byte[1] < 0).sum() == 48 and (index_of_byte[[0, 2]] >= 0).all()
+  np.testing.assert_array_equal(np.asarray(routed.num_dropped),
+                                mask.sum(1) - capacity)  # counted as before
+  expected, _, _ = _numpy_reference(h, segment_ids, np.asarray(router.query[...]),
+                                    np.asarray(router.key[...]), residual, capacity)
+  real = segment_ids > 0
+  np.testing.assert_allclose(np.asarray(out)[real], expected[real], atol=1e-5, rtol=1e-5)
+  # A document with no slot reads nothing: its output is the residual alone.
+  np.testing.assert_array_equal(np.asarray(out)[1, 80:], residual[1, 80:])
 
 
 def test_capacity_for():

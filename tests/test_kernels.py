@@ -104,10 +104,11 @@ def test_chunk_pallas_matches_reference(capacity, dtype):
   length, dim = 83, 24
   h = jax.random.normal(jax.random.PRNGKey(0), (2, length, dim)).astype(dtype)
   mask = _boundaries(2, length, 0.3)
+  start = _segment_start(2, length, (0, 40))  # two documents: overflows before the second
   prob = jax.random.uniform(jax.random.PRNGKey(2), (2, length))
   extras = {"prob": prob, "position": jnp.broadcast_to(jnp.arange(length), (2, length))}
-  ref = _jit(chunk, h, mask, capacity=capacity, extras=extras, **JNP)
-  out = _jit(chunk, h, mask, capacity=capacity, extras=extras, **PALLAS)
+  ref = _jit(chunk, h, mask, start, capacity=capacity, extras=extras, **JNP)
+  out = _jit(chunk, h, mask, start, capacity=capacity, extras=extras, **PALLAS)
   np.testing.assert_array_equal(out.chunks, ref.chunks)  # a gather is exact
   for name in ("chunk_valid", "chunk_byte_index", "chunk_index_of_byte", "num_dropped"):
     np.testing.assert_array_equal(getattr(out, name), getattr(ref, name))
@@ -116,7 +117,7 @@ def test_chunk_pallas_matches_reference(capacity, dtype):
 
   weight = jax.random.normal(jax.random.PRNGKey(3), (2, capacity, dim))
   def loss(h, prob, **impl):
-    c = chunk(h, mask, capacity, {"prob": prob}, **impl)
+    c = chunk(h, mask, start, capacity, {"prob": prob}, **impl)
     return jnp.sum(c.chunks.astype(jnp.float32) * weight) + jnp.sum(c.extras["prob"] ** 2)
   grads_ref = _jit_grad(loss, JNP, h, prob)
   grads = _jit_grad(loss, PALLAS, h, prob)
@@ -129,12 +130,13 @@ def test_chunk_capacity_drops_are_counted():
   mask = _boundaries(3, length, 0.5, seed=4)
   kept = np.asarray(mask.sum(axis=1))
   capacity = int(kept.min()) - 2
-  _, valid, index_of_byte, num_dropped = chunk_indices(mask, capacity)
+  start = _segment_start(3, length)  # one document per row
+  _, valid, index_of_byte, num_dropped = chunk_indices(mask, start, capacity)
   np.testing.assert_array_equal(num_dropped, kept - capacity)
   assert bool(valid.all())
   assert int(index_of_byte.max()) == capacity - 1 and int(index_of_byte.min()) == 0
   h = jax.random.normal(jax.random.PRNGKey(0), (3, length, 8))
-  out = _jit(chunk, h, mask, capacity=capacity, **PALLAS)
+  out = _jit(chunk, h, mask, start, capacity=capacity, **PALLAS)
   for b, rows in enumerate(_numpy_chunk(h, mask)):
     np.testing.assert_array_equal(out.chunks[b], rows[:capacity])  # the first C kept
 
@@ -142,9 +144,10 @@ def test_chunk_capacity_drops_are_counted():
 def test_chunk_full_capacity_is_variable_length():
   length, dim = 45, 16
   h = jax.random.normal(jax.random.PRNGKey(0), (2, length, dim))
-  mask = _boundaries(2, length, 0.25)
+  start = _segment_start(2, length, (0, 20))
+  mask = _boundaries(2, length, 0.25) | start  # document starts are boundaries
   for impl in (JNP, PALLAS):
-    out = _jit(chunk, h, mask, capacity=length, **impl)
+    out = _jit(chunk, h, mask, start, capacity=length, **impl)
     assert int(out.num_dropped.sum()) == 0
     for b, rows in enumerate(_numpy_chunk(h, mask)):
       n = len(rows)
@@ -153,6 +156,77 @@ def test_chunk_full_capacity_is_variable_length():
       np.testing.assert_array_equal(out.chunk_valid[b], np.arange(length) < n)
       np.testing.assert_array_equal(out.chunk_index_of_byte[b],
                                     np.cumsum(np.asarray(mask[b])) - 1)
+
+
+def _numpy_kept(mask, start, capacity):
+  """One row, in order: a start is kept while a slot is free, a boundary inside a
+  document only while a slot is left for it and for every later start."""
+  kept, used = np.zeros_like(mask), 0
+  for t in np.nonzero(mask | start)[0]:
+    if (used < capacity) if start[t] else (used + 1 + start[t + 1:].sum() <= capacity):
+      kept[t], used = True, used + 1
+  return kept
+
+
+@pytest.mark.parametrize("impl", [JNP, PALLAS], ids=["jnp", "pallas"])
+def test_overflow_keeps_document_starts(impl):
+  """Rows of 128 at capacity 8 that overflow before later documents: every document
+  start keeps a slot, each byte reads the last kept boundary at or before it (in its
+  own document), the documents after the C-th start read nothing (-1)."""
+  length, capacity, dim = 128, 8, 16
+  doc_starts = [(0, 30, 70), tuple(range(0, length, 10)), (0,)]  # row 1: 13 documents
+  start = np.zeros((3, length), bool)
+  for b, starts in enumerate(doc_starts):
+    start[b, list(starts)] = True
+  mask = np.asarray(_boundaries(3, length, 0.5, seed=6))
+  h = jax.random.normal(jax.random.PRNGKey(0), (3, length, dim))
+  out = _jit(chunk, h, jnp.asarray(mask), jnp.asarray(start), capacity=capacity, **impl)
+  document = np.cumsum(start, axis=1)  # [B, L] 1-based document of each byte
+  for b in range(3):
+    kept = _numpy_kept(mask[b], start[b], capacity)
+    n = int(kept.sum())
+    np.testing.assert_array_equal(out.chunk_byte_index[b, :n], np.nonzero(kept)[0])
+    np.testing.assert_array_equal(out.chunks[b, :n], np.asarray(h[b])[kept])
+    reads = document[b] <= capacity
+    np.testing.assert_array_equal(out.chunk_index_of_byte[b],
+                                  np.where(reads, np.cumsum(kept) - 1, -1))
+    source = np.asarray(out.chunk_byte_index[b])[np.asarray(out.chunk_index_of_byte[b])[reads]]
+    np.testing.assert_array_equal(document[b][source], document[b][reads])
+    assert int(out.num_dropped[b]) == (mask[b] | start[b]).sum() - n
+  # Row 0 overflows in its first document, yet documents 2 and 3 start chunks.
+  assert set(np.asarray(out.chunk_byte_index[0])) >= {0, 30, 70}
+  assert (np.asarray(out.chunk_index_of_byte[1]) < 0).sum() == length - 80
+
+
+def test_overflow_dechunk_pallas_matches_reference():
+  """The chunk -> dechunk path through an overflow and documents without a slot:
+  Pallas (interpret) == jnp, forward and gradients; bytes that read nothing get 0."""
+  length, capacity, dim = 128, 8, 16
+  start = _segment_start(2, length, (0, 30, 70))
+  start = start.at[1].set(jnp.arange(length) % 10 == 0)  # 13 documents in row 1
+  mask = _boundaries(2, length, 0.5, seed=7) | start
+  h = jax.random.normal(jax.random.PRNGKey(1), (2, length, dim))
+  prob = jnp.where(mask, 0.75, 0.25) * jax.random.uniform(jax.random.PRNGKey(2), (2, length),
+                                                          minval=0.9, maxval=1.1)
+  weight = jax.random.normal(jax.random.PRNGKey(3), (2, length, dim))
+
+  def path(h, prob, **impl):
+    c = chunk(h, mask, start, capacity, {"prob": prob, "start": start}, **impl)
+    return dechunk(c.chunks, c.extras["prob"], c.extras["start"], c.chunk_index_of_byte,
+                   **impl)
+
+  out_ref, out = _jit(path, h, prob, **JNP), _jit(path, h, prob, **PALLAS)
+  _close(out, out_ref, F32_TOL)
+  assert float(jnp.abs(out_ref[1, 80:]).max()) == 0.0 == float(jnp.abs(out[1, 80:]).max())
+  assert float(jnp.abs(out_ref[1, :80]).min()) > 0.0
+
+  def loss(h, prob, **impl):
+    return jnp.sum(path(h, prob, **impl) * weight)
+  grads_ref = _jit_grad(loss, JNP, h, prob)
+  grads = _jit_grad(loss, PALLAS, h, prob)
+  for grad, grad_ref in zip(grads, grads_ref):
+    _close(grad, grad_ref, F32_TOL)
+  assert float(jnp.abs(grads_ref[0][1, 80:]).max()) == 0.0  # no slot, no gradient
 
 
 # ----------------------------------------------------------------------------- dechunk
@@ -172,7 +246,7 @@ def _numpy_dechunk(z, prob, reset, index_of_byte):
 
 def _dechunk_inputs(length, capacity, dim, dtype=jnp.float32):
   mask = _boundaries(2, length, 0.35)
-  _, _, index_of_byte, _ = chunk_indices(mask, capacity)
+  _, _, index_of_byte, _ = chunk_indices(mask, _segment_start(2, length), capacity)
   z = jax.random.normal(jax.random.PRNGKey(5), (2, capacity, dim)).astype(dtype)
   prob = jax.random.uniform(jax.random.PRNGKey(6), (2, capacity))
   prob = prob.at[:, 0].set(1.0)  # p = 1 at a document start: clamped to 1 - 1e-4
@@ -236,7 +310,7 @@ def test_full_capacity_path_is_variable_length(impl):
   @jax.jit
   def path(q, k):
     prob, mask = boundary_probs(q, k, start, **impl)
-    chunked = chunk(k, mask, length, {"prob": prob, "start": start}, **impl)
+    chunked = chunk(k, mask, start, length, {"prob": prob, "start": start}, **impl)
     return prob, dechunk(chunked.chunks, chunked.extras["prob"], chunked.extras["start"],
                          chunked.chunk_index_of_byte, **impl)
   prob, out = path(q, k)
@@ -257,7 +331,7 @@ def _plain_path(q, k, start, capacity):
   norm = lambda x: jnp.sqrt(jnp.maximum(jnp.sum(x * x, -1), 1e-16))
   cosine = jnp.sum(q32 * k32, -1) / (norm(q32) * norm(k32))
   prob = jnp.where(start, 1.0, jnp.clip((1.0 - cosine) * 0.5, 0.0, 1.0))
-  byte_index, _, index_of_byte, _ = chunk_indices(prob > 0.5, capacity)
+  byte_index, _, index_of_byte, _ = chunk_indices(prob > 0.5, start, capacity)
 
   def gather(x, index):
     expand = (slice(None), slice(None)) + (None,) * (x.ndim - 2)
@@ -286,7 +360,7 @@ def test_jnp_path_gradients_match_plain_autodiff(capacity):
       prob, out = _plain_path(q, k, start, capacity)
     else:
       prob, mask = boundary_probs(q, k, start, **JNP)
-      c = chunk(k, mask, capacity, {"prob": prob, "start": start}, **JNP)
+      c = chunk(k, mask, start, capacity, {"prob": prob, "start": start}, **JNP)
       out = dechunk(c.chunks, c.extras["prob"], c.extras["start"],
                     c.chunk_index_of_byte, **JNP)
     return jnp.sum(out * weight) + jnp.sum(prob * jnp.linspace(-1, 1, length))
@@ -331,8 +405,8 @@ def test_pallas_kernels_lower_for_accelerators(monkeypatch, platform, dtype):
       "routing": (lambda q, k, s: boundary_probs(q, k, s, **PALLAS_COMPILED)[0].sum(),
                   (floats(batch, length, dim), floats(batch, length, dim), flags(batch, length)),
                   (0, 1)),
-      "chunk": (lambda h, m: chunk(h, m, capacity, **PALLAS_COMPILED).chunks.astype(jnp.float32).sum(),
-                (floats(batch, length, dim), flags(batch, length)), (0,)),
+      "chunk": (lambda h, m, s: chunk(h, m, s, capacity, **PALLAS_COMPILED).chunks.astype(jnp.float32).sum(),
+                (floats(batch, length, dim), flags(batch, length), flags(batch, length)), (0,)),
       "dechunk": (lambda z, p, r, i: dechunk(z, p, r, i, **PALLAS_COMPILED).astype(jnp.float32).sum(),
                   (floats(batch, capacity, dim), floats(batch, capacity), flags(batch, capacity),
                    jax.ShapeDtypeStruct((batch, length), jnp.int32)), (0, 1)),

@@ -1,7 +1,7 @@
 """Kernels of the H-Net chunk-routing core, each a jnp reference beside a Pallas version.
 
   routing.boundary_probs(q, k, segment_start)            -> (boundary_prob, boundary_mask)
-  chunk.chunk(h, boundary_mask, capacity, extras)        -> Chunked
+  chunk.chunk(h, boundary_mask, segment_start, capacity, extras) -> Chunked
   dechunk.dechunk(z, chunk_prob, chunk_reset, chunk_index_of_byte) -> out [B, L, D]
 
 Each takes `implementation="jnp" | "pallas"` and `interpret` (Pallas interpret mode, for
@@ -62,7 +62,7 @@ def benchmark_routing(batch: int = 8, length: int = 2048, dim: int = 512,
   def path_loss(h, w_q, w_k, out_weight, segment_start):
     q, k = _projections(h, w_q, w_k)
     boundary_prob, boundary_mask = boundary_probs(q, k, segment_start, **impl)
-    chunked = chunk(h, boundary_mask, capacity,
+    chunked = chunk(h, boundary_mask, segment_start, capacity,
                     {"boundary_prob": boundary_prob, "segment_start": segment_start},
                     **impl)
     out = dechunk(chunked.chunks, chunked.extras["boundary_prob"],

@@ -8,7 +8,8 @@ chunks of an outer stage) and:
      document start (a new document always starts a new chunk); b_t = p_t > 0.5.
      Padding (segment id 0) and empty chunk slots are never boundaries, except where a
      padding run starts (so padding forms one chunk of its own and costs 1 slot).
-  2. Chunk: the first C kept positions of each row, in order (C static: `capacity`).
+  2. Chunk: at most C kept positions of each row, in order (C static: `capacity`);
+     document starts get their slots first (see Capacity below).
      Positions / segment ids / document starts of the chunks are gathered too, so the
      inner stage sees per-document, causal streams; inner positions are chunk ordinals
      within the document (what variable-length packing of the chunks would give).
@@ -19,8 +20,14 @@ chunks of an outer stage) and:
 
 Capacity: C_s = min(L_s, round_up(ceil(L_s * capacity_factor / N_s), 8)) for a stream of
 length L_s and target compression N_s; capacity_factor <= 0 (or C >= L) is the exact
-variable-length semantics. Boundaries past C are dropped (those bytes read the last kept
-chunk) and counted: `dropped_fraction` = dropped / boundaries, reported per stage.
+variable-length semantics. When a row has more boundaries than C, a row with S document
+starts (padding runs included) keeps its first min(S, C) starts and its first
+max(C - S, 0) boundaries inside documents; the others are dropped (their bytes read
+the last kept chunk, which is in their own document) and counted: `dropped_fraction` =
+dropped / boundaries, reported per stage. So a new document always starts a new
+chunk, also after an overflow. Only a row with more than C documents has documents
+with no chunk at all (those after the C-th): their bytes read nothing (the dechunked
+vector is 0 and the output is the residual alone), never another document's chunk.
 The default factor 2 leaves room for twice the target number of chunks (the ratio loss
 keeps the fraction near 1/N once trained; early in training it may overflow, which the
 metric shows).
@@ -96,7 +103,7 @@ class Routed(NamedTuple):
   chunks: jax.Array             # [B, C, D] encoder output at the kept positions
   inner: Stream                 # [B, C] bookkeeping of the chunk stream
   chunk_prob: jax.Array         # [B, C] p of each kept position (EMA weights)
-  chunk_index_of_byte: jax.Array  # [B, L] int32
+  chunk_index_of_byte: jax.Array  # [B, L] int32, -1: reads no chunk
   chunk_byte_index: jax.Array   # [B, C] int32 position each chunk came from, -1 if empty
   boundary_prob: jax.Array      # [B, L] float32
   boundary_mask: jax.Array      # [B, L] bool
@@ -140,7 +147,8 @@ def route_and_chunk(router: Router, h: jax.Array, stream: Stream, capacity: int,
   prob, mask = router(h, stream, implementation=implementation, interpret=interpret)
   extras = {"boundary_prob": prob, "segment_ids": stream.segment_ids,
             "is_start": stream.is_start, "real": stream.real}
-  out = chunk_op(h, mask, capacity, extras, implementation=implementation, interpret=interpret)
+  out = chunk_op(h, mask, stream.is_start, capacity, extras, implementation=implementation,
+                 interpret=interpret)
   is_start = out.extras["is_start"] & out.chunk_valid  # [B, C]
   inner = Stream(positions=positions_within_document(is_start),
                  segment_ids=out.extras["segment_ids"].astype(jnp.int32),

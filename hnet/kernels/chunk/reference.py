@@ -1,9 +1,14 @@
 """Plain jnp reference of H-Net chunking: an order-preserving gather with static capacity.
 
-Bytes with boundary_mask = 1 are kept in order; the first `capacity` (C) of them become
-chunks, later ones are dropped and counted. Every byte t reads chunk
-clip(cumsum(b)_t - 1, 0, C - 1) after dechunking (a byte past an overflow reads the last
-kept chunk). With C = L nothing can be dropped and the result is the exact
+Bytes with boundary_mask = 1 are kept in order, up to `capacity` (C) of them per row; the
+rest are dropped and counted. Document starts (`segment_start`, and position 0) are
+always boundaries and get their slots first: a row with S starts keeps its first min(S, C)
+starts and its first max(C - S, 0) boundaries inside documents, so a new document always
+starts a new chunk, also after an overflow (the boundaries that overflow are dropped
+within their own documents). Byte t reads the last kept boundary at or before it, which
+is then in its own document; a byte of a document that got no slot (a row with more
+than C documents: the ones after the C-th) reads nothing, chunk index -1 (zeros after
+dechunking). With C = L nothing can be dropped and the result is the exact
 variable-length semantics, padded with empty slots.
 """
 
@@ -19,29 +24,39 @@ class Chunked(NamedTuple):
   chunks: jax.Array               # [B, C, D] h at the kept positions, zeros in empty slots
   chunk_valid: jax.Array          # [B, C] bool, slot c holds a kept byte
   chunk_byte_index: jax.Array     # [B, C] int32 byte position of each chunk, -1 if empty
-  chunk_index_of_byte: jax.Array  # [B, L] int32 chunk each byte reads, in [0, C-1]
+  chunk_index_of_byte: jax.Array  # [B, L] int32 chunk each byte reads, -1 = none
   num_dropped: jax.Array          # [B] int32 boundaries that overflowed the capacity
   extras: dict[str, jax.Array]    # name -> [B, C] gathered like h, zeros in empty slots
 
 
-def chunk_indices(boundary_mask: jax.Array, capacity: int):
-  """boundary_mask [B, L] bool -> index arrays shared by every implementation.
+def chunk_indices(boundary_mask: jax.Array, segment_start: jax.Array, capacity: int):
+  """boundary_mask, segment_start [B, L] bool -> index arrays shared by every
+  implementation (see the module docstring for which boundaries are kept).
 
   Returns (chunk_byte_index [B, C] int32 (-1 empty), chunk_valid [B, C] bool,
-  chunk_index_of_byte [B, L] int32, num_dropped [B] int32).
+  chunk_index_of_byte [B, L] int32 (-1: reads nothing), num_dropped [B] int32).
   """
   batch, length = boundary_mask.shape
-  kept_count = jnp.cumsum(boundary_mask.astype(jnp.int32), axis=1)  # [B, L]
-  # Destination slot of each kept byte; non-kept bytes and overflow go to slot C (dropped).
-  destination = jnp.where(boundary_mask, kept_count - 1, capacity)  # [B, L]
+  start = segment_start.astype(bool).at[:, 0].set(True)  # [B, L] position 0 starts
+  inside = boundary_mask.astype(bool) & ~start  # [B, L] boundaries inside a document
+  start_rank = jnp.cumsum(start.astype(jnp.int32), axis=1)  # [B, L] document ordinal, 1-based
+  inside_rank = jnp.cumsum(inside.astype(jnp.int32), axis=1)  # [B, L]
+  # Slots left once every start has one: the first `room` inside boundaries keep theirs.
+  room = jnp.maximum(capacity - start_rank[:, -1:], 0)  # [B, 1]
+  kept = (start & (start_rank <= capacity)) | (inside & (inside_rank <= room))  # [B, L]
+  kept_count = jnp.cumsum(kept.astype(jnp.int32), axis=1)  # [B, L]
+  # Destination slot of each kept byte; the others go to slot C (dropped).
+  destination = jnp.where(kept, kept_count - 1, capacity)  # [B, L]
   byte_position = jnp.broadcast_to(jnp.arange(length, dtype=jnp.int32), (batch, length))
   rows = jnp.arange(batch)[:, None]
   chunk_byte_index = jnp.full((batch, capacity), -1, jnp.int32).at[
       rows, destination].set(byte_position, mode="drop")  # [B, C]
   chunk_valid = chunk_byte_index >= 0
-  chunk_index_of_byte = jnp.clip(kept_count - 1, 0, capacity - 1).astype(jnp.int32)
-  num_dropped = jnp.maximum(kept_count[:, -1] - capacity, 0).astype(jnp.int32)
-  return chunk_byte_index, chunk_valid, chunk_index_of_byte, num_dropped
+  # A document whose start has no slot reads nothing (its start rank is above C).
+  chunk_index_of_byte = jnp.where(start_rank <= capacity, kept_count - 1, -1)  # [B, L]
+  num_dropped = start_rank[:, -1] + inside_rank[:, -1] - kept_count[:, -1]  # [B]
+  return (chunk_byte_index, chunk_valid, chunk_index_of_byte.astype(jnp.int32),
+          num_dropped.astype(jnp.int32))
 
 
 def _flat_index(index: jax.Array, num_rows: int) -> jax.Array:
@@ -126,11 +141,14 @@ _gather_rows.defvjp(_gather_rows_fwd, _gather_rows_bwd)
 def chunk_reference(
     h: jax.Array,
     boundary_mask: jax.Array,
+    segment_start: jax.Array,
     capacity: int,
     extras: dict[str, jax.Array] | None = None,
 ) -> Chunked:
-  """h [B, L, D], boundary_mask [B, L] bool, extras name -> [B, L] -> Chunked."""
-  byte_index, valid, index_of_byte, num_dropped = chunk_indices(boundary_mask, capacity)
+  """h [B, L, D], boundary_mask and segment_start [B, L] bool, extras name -> [B, L]
+  -> Chunked."""
+  byte_index, valid, index_of_byte, num_dropped = chunk_indices(
+      boundary_mask, segment_start, capacity)
   gathered = {name: gather_rows_reference(value, byte_index)
               for name, value in (extras or {}).items()}
   return Chunked(gather_rows_reference(h, byte_index), valid, byte_index,

@@ -10,8 +10,9 @@ Shapes:
   chunk_reset          [B, C]     bool, chunk starts a new document (gather
                                   segment_start through `chunk`): the EMA forgets
                                   everything before it
-  chunk_index_of_byte  [B, L]     int32 from `chunk`: the chunk byte t reads; its
-                                  entries must be non-decreasing (as `chunk` makes them)
+  chunk_index_of_byte  [B, L]     int32 from `chunk`: the chunk byte t reads, -1 =
+                                  none (the output is 0 there); its other entries
+                                  must be non-decreasing (as `chunk` makes them)
   out                  [B, L, D]  z.dtype: z_bar[b, chunk_index_of_byte[b, t]], with
                                   z_bar_k = P_k z_k + (1 - P_k) z_bar_{k-1} (float32,
                                   z_bar_{-1} = 0, and 0 before a reset)

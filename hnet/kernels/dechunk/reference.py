@@ -2,7 +2,7 @@
 
     z_bar_k = P_k z_k + (1 - P_k) keep_k z_bar_{k-1},  z_bar_{-1} = 0,
     keep_k = 0 at chunks that start a new document (reset), else 1,
-    out_t = z_bar[chunk_index_of_byte_t].
+    out_t = z_bar[chunk_index_of_byte_t]  (0 where chunk_index_of_byte_t = -1).
 
 The recurrence y_k = a_k y_{k-1} + x_k (a = (1 - P) keep, x = P z) is computed in
 float32 as a blocked scan: a small matmul of decay products inside each block of
@@ -126,30 +126,37 @@ ema_scan_reference.defvjp(_ema_fwd, _ema_bwd)
 
 
 def upsample_reference(z_bar: jax.Array, chunk_index_of_byte: jax.Array) -> jax.Array:
-  """z_bar [B, C, D], chunk_index_of_byte [B, L] in [0, C - 1] -> [B, L, D].
+  """z_bar [B, C, D], chunk_index_of_byte [B, L] (valid entries non-decreasing, -1 =
+  reads nothing) -> [B, L, D], zeros where -1.
 
-  Every byte reads a chunk, so unlike `gather_rows_reference` there is no empty-slot
-  case; the backward is a sorted scatter-add of the byte gradients onto the chunks.
+  The backward is a sorted scatter-add of the byte gradients onto the chunks. A -1 is
+  indexed as the running maximum of the row's entries (so the indices stay sorted and
+  in bounds) and masked out, forward and backward.
   """
-  safe = jnp.clip(chunk_index_of_byte, 0, z_bar.shape[1] - 1)  # [B, L]
-  return _upsample(z_bar.shape[1], z_bar, safe)
+  num_chunks = z_bar.shape[1]
+  reads = chunk_index_of_byte >= 0  # [B, L]
+  safe = jnp.clip(jax.lax.cummax(chunk_index_of_byte, axis=1), 0, num_chunks - 1)
+  return _upsample(num_chunks, z_bar, safe, reads)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
-def _upsample(num_chunks: int, z_bar: jax.Array, index: jax.Array) -> jax.Array:
+def _upsample(num_chunks: int, z_bar: jax.Array, index: jax.Array,
+              reads: jax.Array) -> jax.Array:
   del num_chunks  # z_bar.shape[1], static for the backward
-  return take_rows(z_bar, index, in_bounds=True)
+  rows = take_rows(z_bar, index, in_bounds=True)  # [B, L, D]
+  return jnp.where(reads[..., None], rows, jnp.zeros((), z_bar.dtype))
 
 
-def _upsample_fwd(num_chunks, z_bar, index):
-  return _upsample(num_chunks, z_bar, index), index
+def _upsample_fwd(num_chunks, z_bar, index, reads):
+  return _upsample(num_chunks, z_bar, index, reads), (index, reads)
 
 
-def _upsample_bwd(num_chunks, index, grad_out):
-  # chunk_index_of_byte is non-decreasing along each row (the api's contract).
+def _upsample_bwd(num_chunks, residuals, grad_out):
+  index, reads = residuals  # index: sorted along each row (see upsample_reference)
+  grad_out = jnp.where(reads[..., None], grad_out, jnp.zeros((), grad_out.dtype))
   grad = scatter_add_rows(grad_out, index, num_chunks, indices_are_sorted=True,
                           in_bounds=True)  # [B, C, D], grad_out's (= z_bar's) dtype
-  return grad, None
+  return grad, None, None
 
 
 _upsample.defvjp(_upsample_fwd, _upsample_bwd)
