@@ -45,8 +45,8 @@ def kernel_cases(dtype) -> dict[str, tuple[Callable, tuple, tuple[int, ...]]]:
   return {
       "routing": (lambda q, k, s: boundary_probs(q, k, s, **PALLAS)[0].sum(),
                   (floats(B, L, D), floats(B, L, D), flags(B, L)), (0, 1)),
-      "chunk": (lambda h, m: chunk(h, m, C, **PALLAS).chunks.astype(jnp.float32).sum(),
-                (floats(B, L, D), flags(B, L)), (0,)),
+      "chunk": (lambda h, m, s: chunk(h, m, s, C, **PALLAS).chunks.astype(jnp.float32).sum(),
+                (floats(B, L, D), flags(B, L), flags(B, L)), (0,)),
       "dechunk": (lambda z, p, r, i: dechunk(z, p, r, i, **PALLAS).astype(jnp.float32).sum(),
                   (floats(B, C, D), floats(B, C), flags(B, C),
                    jax.ShapeDtypeStruct((B, L), jnp.int32)), (0, 1)),
