@@ -70,8 +70,14 @@ def get_config():
   c.data.words_per_row = 3500     # word slots per row (the published short-context length)
   c.data.bytes_per_word = 100
   c.data.rare_max_count = 2       # next_word_accuracy_rare: words seen <= 2 times in training
-  c.mesh.fsdp = 8
-  c.mesh.data = -1
   c.train.batch_size = 256
   c.train.lr = 3e-4
+  # Pod: a v5p slice of 128 chips, parameters and optimizer state sharded over all of
+  # them (ZeRO-3), 2 rows of 16384 bytes per chip, every block recomputed in the
+  # backward pass.
+  c.model.remat = "full"
+  c.mesh.data, c.mesh.fsdp, c.mesh.tensor = -1, 128, 1
+  c.pod.topology = "v5p:4x4x8"
+  c.pod.train_bytes = 1e12       # 1T bytes (the published models saw about 4T words)
+  c.pod.train_days = 30.0
   return c

@@ -23,4 +23,11 @@ def get_config():
   c.train.warmup_steps = 2000
   c.train.weight_decay = 0.1
   c.model.dtype = "bfloat16"
+  # Pod: a v5p slice of 64 chips, parameters and optimizer state sharded over all of them
+  # (ZeRO-3), 4 rows of 8192 bytes per chip, every block recomputed in the backward pass.
+  c.model.remat = "full"
+  c.mesh.data, c.mesh.fsdp, c.mesh.tensor = -1, 64, 1
+  c.pod.topology = "v5p:4x4x4"
+  c.pod.train_bytes = 100e9      # about the paper's budget (100B bytes of FineWeb-Edu)
+  c.pod.train_days = 7.0
   return c

@@ -15,6 +15,24 @@ import pytest
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 AOT_PYTHON = ROOT / ".venv-aot" / "bin" / "python"
 
+# Every paper-scale pod config, compiled for the slice it names in pod.topology. The
+# full-depth compiles take 10+ CPU minutes each on 2 cores (README), too long for CI, so
+# the test compiles each at its own widths, rows, batch, mesh, slice, dtype and remat
+# with one block per stack (the overrides below); the README says which figures are full depth.
+POD_CONFIGS = {
+    "hnet_1stage_L": ["--config.model.layout=[m1, T1, m1]"],
+    "hnet_2stage_XL": ["--config.model.layout=[m1, [T1m1, T1, m1T1], m1]"],
+    "hat_7b": ["--config.model.encoder_layers=1", "--config.model.num_layers=1",
+               "--config.model.decoder_layers=1"],
+    "mrt5_small": ["--config.model.num_encoder_layers=4", "--config.model.num_decoder_layers=1"],
+    "transformer_L": ["--config.model.num_layers=1"],
+}
+EVAL_STEP_CONFIG = "transformer_L"
+# Deliberately too large for its slice (configs/hat_7b_on_v5e.py): refused by the compiler
+# already with one block per stack (its 16 rows of 16384 bytes per chip).
+TOO_LARGE = ("hat_7b_on_v5e", POD_CONFIGS["hat_7b"])
+
+
 @pytest.fixture(scope="module")
 def aot_python() -> pathlib.Path:
   """.venv-aot, created or brought up to requirements-aot.txt (idempotent; about a minute
@@ -34,6 +52,37 @@ def run_aot_check(aot_python, tmp_path, *args) -> tuple[int, str, dict]:
   figures = json.loads(out.read_text()) if out.exists() else {}
   assert proc.returncode in (0, 2), proc.stderr[-4000:]
   return proc.returncode, proc.stdout, figures
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(POD_CONFIGS))
+def test_pod_config_fits_its_slice(aot_python, tmp_path, name):
+  # The eval step is compiled for one config only (it is a quarter of the time).
+  steps = ("train", "eval") if name == EVAL_STEP_CONFIG else ("train",)
+  code, stdout, figures = run_aot_check(aot_python, tmp_path, f"--config=configs/{name}.py",
+                                        *POD_CONFIGS[name], f"--eval_step={'eval' in steps}")
+  assert code == 0, stdout
+  assert figures["fits"] and figures["chips"] >= 16
+  for step in steps:
+    # Compiled by the TPU compiler, not for this CPU.
+    assert figures[step]["platform"] == "tpu", figures[step]
+    assert 0 < figures[step]["peak_bytes"] <= figures["hbm_bytes"]
+    assert figures[step]["flops_per_step"] > 0
+  train = figures["train"]
+  # The sharded train state (params + 2 Adam moments, float32) is an argument of the step.
+  assert train["memory"]["argument_bytes"] > 0 and train["memory"]["alias_bytes"] > 0
+  assert "MFU needed" in stdout and 0 < figures["mfu_needed"] < 1
+
+
+@pytest.mark.slow
+def test_too_large_config_fails_naming_memory_and_hbm(aot_python, tmp_path):
+  name, overrides = TOO_LARGE
+  code, stdout, figures = run_aot_check(aot_python, tmp_path, f"--config=configs/{name}.py",
+                                        *overrides)
+  assert code == 2, stdout
+  assert not figures["fits"]
+  assert "DOES NOT FIT" in stdout and "GiB per chip" in stdout and "16.00 GiB of HBM" in stdout
+  assert figures["needed_bytes"] > figures["hbm_bytes"]
 
 
 def _check_kernels(aot_python, tmp_path, topology, platform, backend):
