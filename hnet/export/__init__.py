@@ -124,7 +124,7 @@ source = tokenizer(["To be, or not to be"], return_tensors="pt")  # prefix LM: t
 out = model.generate(**source, max_new_tokens=64, do_sample=False)
 print(tokenizer.decode(out[0], skip_special_tokens=True))"""
   return f"""from transformers import AutoModelForCausalLM, AutoTokenizer
-tokenizer = AutoTokenizer.from_pretrained("{out}")
+tokenizer = AutoTokenizer.from_pretrained("{out}"{remote})
 model = AutoModelForCausalLM.from_pretrained("{out}"{remote})
 prompt = tokenizer(["ROMEO:"], return_tensors="pt")  # adds <bos>, as the training rows
 out = model.generate(**prompt, max_new_tokens=64, do_sample=False)
