@@ -292,3 +292,30 @@ def test_export_loads_in_a_fresh_process_outside_the_project(mrt5_run, tmp_path)
   logits, encoded = mrt5.hard_deletion_forward(model, {k: jnp.asarray(v) for k, v in batch.items()})
   assert float(np.max(np.abs(np.asarray(out["logits"]) - np.asarray(logits)[0, -1]))) < LOGIT_ATOL
   assert abs(out["ratio"] - float(hgenerate.deletion_ratios(model, encoded, enc)[0])) < 1e-6
+
+
+def test_import_names_the_first_differing_field_and_missing_tensors():
+  import jax
+  import configs.mrt5_tiny
+  from flax import nnx
+  from hnet.export import mrt5 as mrt5_export
+  from hnet.export.family import ExportError
+  from hnet.models import build_model
+  config = configs.mrt5_tiny.get_config()
+  config.model.update(dim=32, num_encoder_layers=3, num_decoder_layers=1, head_dim=8, mlp_dim=64)
+  params = jax.tree.map(np.asarray, nnx.to_pure_dict(nnx.state(build_model(config.model, nnx.Rngs(0)), nnx.Param)))
+  export = mrt5_export.to_hf(params, config.model)
+  assert export.tensors["encoder.delete_gate.bias"].shape == (1,)
+  back = mrt5_export.from_hf(export.tensors, export.config, config.model)
+  assert back["gate"]["bias"].shape == () and back["gate"]["bias"] == params["gate"]["bias"]
+  other = config.model.copy_and_resolve_references()
+  other.gate_layer = 1
+  with pytest.raises(ExportError, match="'gate_layer'"):
+    mrt5_export.from_hf(export.tensors, export.config, other)
+  tensors = {k: v for k, v in export.tensors.items() if k != "encoder.delete_gate.weight"}
+  with pytest.raises(ExportError, match="missing tensor.*encoder.delete_gate.weight"):
+    mrt5_export.from_hf(tensors, export.config, config.model)
+  byt5 = config.model.copy_and_resolve_references()
+  byt5.gate_layer = 0
+  with pytest.raises(ExportError, match="no delete gate"):
+    mrt5_export.to_hf(params, byt5)

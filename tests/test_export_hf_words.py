@@ -352,3 +352,32 @@ def test_exported_word_layout_equals_the_projects_on_the_property_test_inputs(ha
     if data:
       check(data, size)
   property_inputs()
+
+
+def _fresh_export(name: str, **model):
+  """A freshly initialised (untrained) model of configs/<name>.py -> (config, FamilyExport)."""
+  import jax
+  from flax import nnx
+  from hnet.export import word_models
+  from hnet.models import build_model
+  config = importlib.import_module(f"configs.{name}").get_config()
+  config.model.update(model)
+  params = jax.tree.map(np.asarray, nnx.to_pure_dict(nnx.state(build_model(config.model, nnx.Rngs(0)), nnx.Param)))
+  return config, word_models.to_hf(params, config.model)
+
+
+@pytest.mark.parametrize("name", ["hat_tiny", "lyt_tiny", "byte2word_tiny"])
+def test_import_names_the_first_differing_field_and_missing_tensors(name):
+  from hnet.export import word_models
+  from hnet.export.family import ExportError
+  config, export = _fresh_export(name, num_layers=1)
+  params = word_models.from_hf(export.tensors, export.config, config.model)
+  assert set(params) >= {"embed", "backbone", "pooling", "head"}
+  other = config.model.copy_and_resolve_references()
+  other.num_layers = 2
+  with pytest.raises(ExportError, match="backbone_config"):
+    word_models.from_hf(export.tensors, export.config, other)
+  tensors = dict(export.tensors)
+  tensors.pop("lm_head.weight")
+  with pytest.raises(ExportError, match="missing tensor.*lm_head.weight"):
+    word_models.from_hf(tensors, export.config, config.model)
