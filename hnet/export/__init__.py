@@ -37,6 +37,7 @@ FAMILIES: dict[str, str] = {
     "lyt": "hnet.export.word_pooled",     # Learn Your Tokens: HnetWordPooledForCausalLM, remote
     "byte2word": "hnet.export.word_pooled",  # Byte2Word: HnetWordPooledForCausalLM, remote
     "mrt5": "hnet.export.mrt5",           # MrT5: HnetMrT5ForConditionalGeneration, remote code
+    "hnet": "hnet.export.hnet_family",    # H-Net 1 and 2 stages: remote code (HNetForCausalLM)
 }
 RUN_FILE = "hnet_run.json"  # in the export: the run's config, step and held-out figures
 
