@@ -3,11 +3,9 @@
 compares against at matched compute. Same rows (256 x 8192 bytes), same slice (v5p
 4x4x4), same optimizer; width 1024 (16 heads of 64, SwiGLU 2816). Depth 11: a one-layer
 compile of this config counts 2.41e8 training FLOPs per byte (XLA, remat included;
-tools/aot_check.py --config.model.num_layers=1), so 11 layers are about 2.65e9, and by
-hand H-Net L costs about 2.0e9 per byte without recomputation (8 Mamba-2 layers at 1024
-on every byte, 22 Transformer layers at 1536 on the 2/6 of the bytes its capacity
-keeps, full attention over them), 2.7e9 with it. Re-derive the depth from H-Net L's
-full-depth compile when it is measured (README). Full causal attention over 8192 bytes
+tools/aot_check.py --config.model.num_layers=1), so 11 layers are about 2.65e9, 2% above
+the 2.597e9 per byte of H-Net L's full-depth compile (tools/aot_check.py
+--config=configs/hnet_1stage_L.py; README). Full causal attention over 8192 bytes
 is most of its cost and of its memory.
 
   .venv-aot/bin/python tools/aot_check.py --config=configs/transformer_L.py

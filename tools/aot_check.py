@@ -74,8 +74,9 @@ def check_config(config) -> dict:
     available = _gib(e.available_bytes) if e.available_bytes else _gib(chip.hbm_bytes)
     print(f"DOES NOT FIT: the train step needs {needed}; a {chip.name} has {_gib(chip.hbm_bytes)} "
           f"of HBM ({available} available to XLA). Use a larger slice (--topology), shard more "
-          f"(--config.mesh.fsdp), a smaller batch, --config.model.remat=full or "
-          f"--config.train.grad_accum. Compiler: {e}", flush=True)
+          f"(--config.mesh.fsdp), a smaller batch, --config.train.grad_accum"
+          f"{'' if config.model.get('remat', 'none') == 'full' else ' or --config.model.remat=full'}"
+          f". Compiler: {e}", flush=True)
     result.update(fits=False, needed_bytes=e.needed_bytes, available_bytes=e.available_bytes)
     return result
   for name, r in reports.items():
