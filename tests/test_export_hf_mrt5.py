@@ -138,7 +138,8 @@ def _hf_generate(run, sources, objective, hard):
   start = [257, 259] if objective == "span_corruption" else [257]
   # This run was trained on span corruption: its generation_config lets sentinels through.
   # Continuing a source (prefix LM) never samples them, as hnet/generate.py.
-  suppress = {} if objective == "span_corruption" else {"suppress_tokens": [256, 257] + list(range(259, 264))}
+  suppress = ({} if objective == "span_corruption" else
+              {"suppress_tokens": [256, 257] + list(range(259, 264))})
   out = hf.generate(input_ids=torch.tensor(enc["encoder_inputs"]),
                     attention_mask=torch.tensor(enc["encoder_segment_ids"]),
                     decoder_input_ids=torch.tensor([start] * len(sources)), hard_deletion=hard,
@@ -303,7 +304,8 @@ def test_import_names_the_first_differing_field_and_missing_tensors():
   from hnet.models import build_model
   config = configs.mrt5_tiny.get_config()
   config.model.update(dim=32, num_encoder_layers=3, num_decoder_layers=1, head_dim=8, mlp_dim=64)
-  params = jax.tree.map(np.asarray, nnx.to_pure_dict(nnx.state(build_model(config.model, nnx.Rngs(0)), nnx.Param)))
+  model = build_model(config.model, nnx.Rngs(0))
+  params = jax.tree.map(np.asarray, nnx.to_pure_dict(nnx.state(model, nnx.Param)))
   export = mrt5_export.to_hf(params, config.model)
   assert export.tensors["encoder.delete_gate.bias"].shape == (1,)
   back = mrt5_export.from_hf(export.tensors, export.config, config.model)

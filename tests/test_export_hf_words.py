@@ -300,7 +300,7 @@ def _remote_module(run, name):
 def test_exported_splitter_equals_the_projects_on_the_embedded_corpus(hat_run):
   """The splitter transformers runs for the HAT export splits every document of the
   embedded corpus (both splits) into the words hnet/text/splitter.py gives, at the
-  export's max_word_size and at the default 100."""
+  export's max_word_size."""
   from hnet.data import corpus
   from hnet.text import splitter
   theirs = _remote_module(hat_run, "splitter")
@@ -309,10 +309,9 @@ def test_exported_splitter_equals_the_projects_on_the_embedded_corpus(hat_run):
   size = json.loads((pathlib.Path(hat_run.hf) / "config.json").read_text())["max_word_size"]
   words = 0
   for document in documents:
-    for max_word_size in (size, 100):
-      expected = splitter.split(document, max_word_size)
-      assert theirs.split(document, max_word_size) == expected
-      words += len(expected)
+    expected = splitter.split(document, size)
+    assert theirs.split(document, size) == expected
+    words += len(expected)
   print(f"\nsplitter: {len(documents)} documents, {sum(map(len, documents)):,} bytes, "
         f"{words:,} words equal")
 
@@ -362,7 +361,8 @@ def _fresh_export(name: str, **model):
   from hnet.models import build_model
   config = importlib.import_module(f"configs.{name}").get_config()
   config.model.update(model)
-  params = jax.tree.map(np.asarray, nnx.to_pure_dict(nnx.state(build_model(config.model, nnx.Rngs(0)), nnx.Param)))
+  model = build_model(config.model, nnx.Rngs(0))
+  params = jax.tree.map(np.asarray, nnx.to_pure_dict(nnx.state(model, nnx.Param)))
   return config, word_models.to_hf(params, config.model)
 
 

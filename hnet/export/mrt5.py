@@ -30,8 +30,8 @@ REMOTE_FILES = [REMOTE_DIR / "configuration_hnet_mrt5.py", REMOTE_DIR / "modelin
 GATE_PAIRS = ((("gate", "norm", "scale"), "encoder.delete_gate.layer_norm.weight", False),
               (("gate", "weight"), "encoder.delete_gate.weight", False),
               (("gate", "bias"), "encoder.delete_gate.bias", False))
-MODEL_CARD_NOTES = """- MrT5: ByT5 (T5 v1.1 over bytes, attention logits scaled by 1/sqrt(d_kv), untied head) with
-  a delete gate after encoder layer `gate_layer`. Weights shared with ByT5 keep T5's names;
+MODEL_CARD_NOTES = """- MrT5: ByT5 (T5 v1.1 over bytes, attention logits scaled by 1/sqrt(d_kv), untied
+  head) with a delete gate after encoder layer `gate_layer`. Weights shared with ByT5 keep T5's names;
   the gate's are `encoder.delete_gate.*`.
 - `model(..., hard_deletion=True)` / `model.generate(..., hard_deletion=True)` drop the
   deleted bytes (inference); the default is soft deletion (the training path). The output's
