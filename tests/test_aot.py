@@ -54,9 +54,17 @@ def run_aot_check(aot_python, tmp_path, *args) -> tuple[int, str, dict]:
   return proc.returncode, proc.stdout, figures
 
 
+# CI compiles one pod config (train and eval step); all five take about 25 more minutes of
+# CI time on 2 cores, so they run with HNET_AOT_ALL=1 (the README's table came from them).
+ALL_POD_CONFIGS = os.environ.get("HNET_AOT_ALL") == "1"
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(POD_CONFIGS))
 def test_pod_config_fits_its_slice(aot_python, tmp_path, name):
+  if name != EVAL_STEP_CONFIG and not ALL_POD_CONFIGS:
+    pytest.skip(f"{name}: one pod config ({EVAL_STEP_CONFIG}) is compiled by default; "
+                "HNET_AOT_ALL=1 compiles all five (about 25 min on 2 cores)")
   # The eval step is compiled for one config only (it is a quarter of the time).
   steps = ("train", "eval") if name == EVAL_STEP_CONFIG else ("train",)
   code, stdout, figures = run_aot_check(aot_python, tmp_path, f"--config=configs/{name}.py",
