@@ -34,9 +34,8 @@ def run_fingerprint(workdir: str, step: int) -> str:
   workdir = storage.resolve(workdir)
   digest.update((workdir / "config.json").read_bytes())
   root = workdir / "checkpoints" / str(step)
-  for path in sorted(root.rglob("*")):
-    if path.is_file():
-      digest.update(f"{os.fspath(path)[len(os.fspath(root)) + 1:]}:{path.stat().length};".encode())
+  for path in storage.files_under(root):
+    digest.update(f"{os.fspath(path)[len(os.fspath(root)) + 1:]}:{path.stat().length};".encode())
   return digest.hexdigest()[:16]
 
 

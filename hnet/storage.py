@@ -27,6 +27,15 @@ def resolve(path: str | os.PathLike) -> epath.Path:
   return epath.Path(os.path.abspath(os.path.expanduser(path)))
 
 
+def files_under(root: epath.Path) -> list[epath.Path]:
+  """Every file below `root`, sorted (epath's glob refuses `**`, which would be one request
+  per directory on GCS; walk lists directory by directory, locally and remotely)."""
+  if not root.exists():
+    return []
+  return sorted(epath.Path(directory) / name for directory, _, names in root.walk()
+                for name in names)
+
+
 def write_text(path: epath.Path, text: str) -> None:
   """Replaces the whole file with `text`: a reader never sees half of it (locally a
   temporary file renamed over it; on an object store an object write is whole anyway)."""
