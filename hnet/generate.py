@@ -1,8 +1,13 @@
 """Batched sampling over the shared decode_step interface (every family).
 
-Prompts may have different lengths: at step t a row feeds its own prompt id while
-t < len(prompt) and its previous sample afterwards, so one cache serves the batch.
-The whole loop is one jitted lax.scan (`_scan`), shared by both entry points:
+Prompts may have different lengths: the part every row has (all but the last id of the
+shortest prompt) is consumed in one `model.prefill` pass where the family has one; then
+at step t a row feeds its own prompt id while t < len(prompt) and its previous sample
+afterwards, so one cache serves the batch, until every row has sampled EOS or its
+max_new_bytes. The loop (`_loop`, a lax.while_loop) is jitted once per model graph,
+batch bucket, length bucket, prefill length and sampling options: rows are padded to a
+power of two and positions to `length_bucket` (the prefill pass too), so a new prompt of
+similar length reuses the compiled loop. Two entry points share it:
 
   generate(model, prompts, ...)             decoder-only families: BOS + prompt bytes,
                                             continued.
@@ -27,6 +32,7 @@ the encoder nor the decoder's cross-attention attends to.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 from typing import Any, NamedTuple, Sequence
 
@@ -95,23 +101,91 @@ class Sampling:
     return jax.random.categorical(key, filtered).astype(jnp.int32)
 
 
-def _scan(model: nnx.Module, encoded: dict | None, prompt: jax.Array, lengths: jax.Array,
-          key: jax.Array, sampling: Sampling) -> jax.Array:
-  """The loop (traced): prompt [B, T] (PAD after each row's lengths[b] ids), encoded
-  memory (or None) -> [B, T]: out[:, t] is the id that followed position t (fed or sampled)."""
+def length_bucket(length: int) -> int:
+  """Cache slots for `length` positions: the smallest 2^k or 3 * 2^(k-1) >= length (at
+  least 64), so prompts and outputs of similar length share one compiled loop and the
+  cache holds at most 1.5x the positions asked for."""
+  bucket = 64
+  while bucket < length:
+    bucket = bucket * 3 // 2 if bucket & (bucket - 1) == 0 else bucket * 4 // 3
+  return bucket
+
+
+def batch_bucket(rows: int) -> int:
+  """Rows of the compiled loop for `rows` prompts: the next power of two (extra rows are
+  computed and discarded)."""
+  return 1 << max(rows - 1, 0).bit_length()
+
+
+def prefill_width(model: nnx.Module, shortest_prompt: int, slots: int) -> int:
+  """Static width of the `model.prefill` pass (0: none): the length bucket of the prompt
+  part every row has that leaves at least one id for the step loop (whose first step
+  gives the first logits). The number of ids actually prefilled is traced, so prompts
+  within one bucket share the compiled loop. 0 for a model without `prefill`."""
+  if not hasattr(model, "prefill") or shortest_prompt < 2:
+    return 0
+  return min(length_bucket(shortest_prompt - 1), slots)
+
+
+class StaticGraph:
+  """A model's GraphDef as a static jit argument. A GraphDef hashes its static attributes,
+  which fails for a model holding a list (H-Net's per-stage ratios): the hash then falls
+  back to its printed form, the same for every model of one config; equality is always
+  GraphDef equality, so the compiled loop is reused exactly for models of one graph."""
+
+  def __init__(self, graphdef: nnx.GraphDef):
+    self.graphdef = graphdef
+    try:
+      self._hash = hash(graphdef)
+    except TypeError:
+      self._hash = hash(repr(graphdef))
+
+  def __hash__(self) -> int:
+    return self._hash
+
+  def __eq__(self, other) -> bool:
+    return isinstance(other, StaticGraph) and self.graphdef == other.graphdef
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "sampling", "width"))
+def _loop(graphdef: StaticGraph, state: nnx.State, encoded: dict | None, prompt: jax.Array,
+          lengths: jax.Array, active: jax.Array, prefill_len: jax.Array, max_new: jax.Array,
+          key: jax.Array, eos_id: jax.Array, *, sampling: Sampling, width: int) -> jax.Array:
+  """The sampling loop, compiled once per (graphdef, shapes, sampling, prefill width).
+
+  prompt [B, T] (PAD after each row's lengths[b] ids; T = cache slots), active [B] (False:
+  a padding row), prefill_len, max_new, eos_id scalars. Prefills prompt[:, :prefill_len] in one
+  pass over `width` (static) positions, then one
+  decode_step per position t (feeding the row's own prompt id while t < lengths[b], its
+  last sample after) until every active row has sampled EOS or max_new ids (lax.while_loop:
+  the trip count is traced, not the bucket). Returns out [B, T]: out[:, t] = the id
+  sampled after position t (PAD where no step ran). The key of step t is fold_in(key, t),
+  so samples do not depend on prefill_len."""
+  model = nnx.merge(graphdef.graphdef, state)
   B, T = prompt.shape
   cache = model.init_cache(B, T) if encoded is None else model.init_cache(B, T, encoded)
+  if width:
+    cache = model.prefill(cache, prompt[:, :width], prefill_len)
+  last_step = lengths - 2 + max_new  # [B] the step that samples a row's last new id
 
-  def step(carry, t):
-    cache, previous, key = carry
-    fed = jnp.where(t < lengths, prompt[:, t], previous)
+  def running(carry):
+    t, _, _, done, _ = carry
+    return (t < T) & ~jnp.all(done)
+
+  def step(carry):
+    t, cache, previous, done, out = carry
+    fed = jnp.where(t < lengths, jax.lax.dynamic_index_in_dim(prompt, t, 1, keepdims=False),
+                    previous)
     logits, cache = model.decode_step(cache, fed)
-    key, sub = jax.random.split(key)
-    return (cache, sampling.pick(logits, sub), key), fed
+    sample = sampling.pick(logits, jax.random.fold_in(key, t))  # [B]
+    out = jax.lax.dynamic_update_slice(out, sample[:, None], (0, t))
+    done = done | ((t >= lengths - 1) & (sample == eos_id)) | (t >= last_step)
+    return t + 1, cache, sample, done, out
 
-  init = (cache, jnp.zeros(B, jnp.int32), key)
-  (_, last, _), fed = jax.lax.scan(step, init, jnp.arange(T))
-  return jnp.concatenate([fed.T[:, 1:], last[:, None]], axis=1)
+  first = prefill_len if width else jnp.zeros((), jnp.int32)
+  init = (first, cache, jnp.zeros(B, jnp.int32), ~active,
+          jnp.full((B, T), hbytes.PAD_ID, jnp.int32))
+  return jax.lax.while_loop(running, step, init)[-1]
 
 
 def memory_limit() -> int:
@@ -140,21 +214,29 @@ def check_length(model: nnx.Module, batch: int, length: int, *, max_new_bytes: i
 
 def _sample_ids(model: nnx.Module, prompts: Sequence[np.ndarray], *, max_new_bytes: int,
                 seed: int, sampling: Sampling, encoded: dict | None = None,
-                eos_id: int = hbytes.EOS_ID, pad_id: int = hbytes.PAD_ID) -> list[np.ndarray]:
-  """Id prompts (each >= 1 id) -> the sampled ids of each row, EOS and after cut off."""
+                eos_id: int = hbytes.EOS_ID, pad_id: int = hbytes.PAD_ID,
+                prefill: bool = True) -> list[np.ndarray]:
+  """Id prompts (each >= 1 id) -> the sampled ids of each row, EOS and after cut off.
+
+  Rows are padded up to batch_bucket and positions to length_bucket (`encoded`, when
+  given, has batch_bucket rows already); prefill=False steps through the whole prompt
+  (the reference the prefill is tested against)."""
   lengths = np.array([len(x) for x in prompts], np.int32)
-  check_length(model, len(prompts), int(lengths.max()) + max_new_bytes,
-               max_new_bytes=max_new_bytes, encoded=encoded)
-  prompt = np.full((len(prompts), int(lengths.max()) + max_new_bytes), pad_id, np.int32)
+  rows, slots = batch_bucket(len(prompts)), length_bucket(int(lengths.max()) + max_new_bytes)
+  check_length(model, rows, slots, max_new_bytes=max_new_bytes, encoded=encoded)
+  prompt = np.full((rows, slots), pad_id, np.int32)
+  prompt[:, 0] = prompts[0][0]  # padding rows: one id, never sampled from
   for row, x in enumerate(prompts):
     prompt[row, :len(x)] = x
-  graphdef, state = nnx.split(model)  # a graphdef need not be hashable: closed over
-
-  @jax.jit
-  def run(state, encoded, prompt, lengths, key):
-    return _scan(nnx.merge(graphdef, state), encoded, prompt, lengths, key, sampling)
-
-  out = np.asarray(run(state, encoded, prompt, lengths, jax.random.key(seed)))
+  padded_lengths = np.ones(rows, np.int32)
+  padded_lengths[:len(prompts)] = lengths
+  active = np.arange(rows) < len(prompts)
+  width = prefill_width(model, int(lengths.min()), slots) if prefill else 0
+  graphdef, state = nnx.split(model)
+  out = np.asarray(_loop(StaticGraph(graphdef), state, encoded, prompt, padded_lengths, active,
+                         np.int32(lengths.min() - 1), np.int32(max_new_bytes),
+                         jax.random.key(seed), np.int32(eos_id), sampling=sampling,
+                         width=width))
   results = []
   for row, n in enumerate(lengths):
     new = out[row, n - 1:n - 1 + max_new_bytes]
@@ -209,10 +291,12 @@ def source_ids(source: bytes, objective: str = "prefix_lm",
   return np.concatenate(pieces + [np.array([hbytes.EOS_ID], np.int32)]).astype(np.int32)
 
 
-def source_batch(encoder_ids: Sequence[np.ndarray]) -> dict[str, np.ndarray]:
+def source_batch(encoder_ids: Sequence[np.ndarray], length: int | None = None
+                 ) -> dict[str, np.ndarray]:
   """Encoder ids of each row -> encoder_inputs / encoder_segment_ids / encoder_positions
-  [B, max n] (one document per row: segment 1, positions 0..n-1; padding: PAD, 0, 0)."""
-  length = max(len(x) for x in encoder_ids)
+  [B, length] (default: max n; one document per row: segment 1, positions 0..n-1;
+  padding: PAD, 0, 0)."""
+  length = length or max(len(x) for x in encoder_ids)
   batch = {"encoder_inputs": np.full((len(encoder_ids), length), hbytes.PAD_ID, np.int32),
            "encoder_segment_ids": np.zeros((len(encoder_ids), length), np.int32),
            "encoder_positions": np.zeros((len(encoder_ids), length), np.int32)}
@@ -281,7 +365,11 @@ def generate_from_source(model: nnx.Module, sources: Sequence[bytes], *, max_new
   """Encoder-decoder sampling: each source is encoded, the decoder samples up to
   `max_new_bytes` ids from BOS (+ the first sentinel for span_corruption) until EOS."""
   encoder_ids = [source_ids(s, objective, marker) for s in sources]
-  batch = source_batch(encoder_ids)
+  # padding rows (one EOS) up to the batch bucket, positions up to the length bucket:
+  # the encoder and the loop compile once for sources of similar length
+  padded = encoder_ids + [np.array([hbytes.EOS_ID], np.int32)] * (
+      batch_bucket(len(sources)) - len(sources))
+  batch = source_batch(padded, length_bucket(max(len(x) for x in encoder_ids)))
   encoded = encode_sources(model, batch, hard_deletion)
   if objective == "span_corruption":
     first = int(spans.sentinel_id(0))
@@ -295,6 +383,7 @@ def generate_from_source(model: nnx.Module, sources: Sequence[bytes], *, max_new
                         sampling=sampling, encoded=encoded)
   if first is not None:
     sampled = [np.concatenate([[first], x]) for x in sampled]
+  ratios = deletion_ratios(model, encoded, batch)
   return SourceSamples([_render(x, marker) for x in sampled],
-                       deletion_ratios(model, encoded, batch),
+                       None if ratios is None else ratios[:len(sources)],
                        int(encoded["segment_ids"].shape[1]))

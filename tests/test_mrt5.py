@@ -410,8 +410,8 @@ def test_source_batch_rows_match_alone(hard):
     assert both.texts[row] == alone.texts[0]
     np.testing.assert_allclose(both.deletion_ratios[row], alone.deletion_ratios[0])
   assert 0.0 < both.deletion_ratios[0] < 1.0
-  if hard:
-    assert both.memory_slots < len(sources[0])
+  if hard:  # the encoder input is padded to length_bucket(28) = 64 slots; fewer are kept
+    assert both.memory_slots < hgenerate.length_bucket(len(sources[0]))
 
 
 def test_hard_deletion_keeping_everything_equals_soft():
@@ -422,14 +422,18 @@ def test_hard_deletion_keeping_everything_equals_soft():
   soft = hgenerate.generate_from_source(model, sources, **options)
   hard = hgenerate.generate_from_source(model, sources, hard_deletion=True, **options)
   assert hard.texts == soft.texts
-  assert hard.memory_slots == soft.memory_slots == len(sources[0])
+  # soft: the whole (length-bucketed) encoder input; hard: every real byte, not the padding
+  assert soft.memory_slots == hgenerate.length_bucket(len(sources[0]))
+  assert len(sources[0]) <= hard.memory_slots < soft.memory_slots
   np.testing.assert_array_equal(hard.deletion_ratios, [0.0, 0.0])
 
 
 def test_byt5_samples_from_source_without_ratios():
   out = hgenerate.generate_from_source(make_model("byt5"), [b"abc", b"de"], max_new_bytes=4,
                                        hard_deletion=True, temperature=0.0)
-  assert len(out.texts) == 2 and out.deletion_ratios is None and out.memory_slots == 3
+  # no gate: the decoder attends over the whole encoder input (padded to its length bucket)
+  assert len(out.texts) == 2 and out.deletion_ratios is None
+  assert out.memory_slots == hgenerate.length_bucket(3)
 
 
 # ------------------------------------------------------------------ training

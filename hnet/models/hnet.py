@@ -44,6 +44,8 @@ from hnet.layers.mamba2 import Mamba2Block
 from hnet.layers.norm import RMSNorm
 from hnet.layers.rope import apply_rope
 from hnet.layers.transformer_block import TransformerBlock
+from hnet.kernels.dechunk import ema_scan_reference
+from hnet.kernels.dechunk.reference import clamp_chunk_prob
 from hnet.models import dynamic_chunking as dc
 from hnet.models.layout import parse_layout, per_stage, stage_lr_multipliers  # noqa: F401
 from hnet.models.output import ModelOutput
@@ -86,6 +88,50 @@ def block_step(block, x: jax.Array, cache, position: jax.Array, commit: jax.Arra
   h, cache = attention_step(block.attn, block.attn_norm(x), cache, position, commit)
   x = x + h
   return x + block.mlp(block.mlp_norm(x)), cache
+
+
+def _rows_at(x: jax.Array, index: jax.Array) -> jax.Array:
+  """x [B, C, ...], index [B] -> x[b, index[b]] [B, ...]."""
+  return jnp.take_along_axis(x, index.reshape(-1, *([1] * (x.ndim - 1))), axis=1)[:, 0]
+
+
+def _roll_rows(x: jax.Array, shift: jax.Array) -> jax.Array:
+  """x [B, C, ...], shift [B] -> out[b, j] = x[b, (j + shift[b]) % C]."""
+  C = x.shape[1]
+  index = (jnp.arange(C)[None] + shift[:, None]) % C  # [B, C]
+  return jnp.take_along_axis(x, index.reshape(*index.shape, *([1] * (x.ndim - 2))), axis=1)
+
+
+def mamba_prefill(block: Mamba2Block, x: jax.Array, count: jax.Array) -> tuple[jax.Array, dict]:
+  """The first count[b] elements of x [B, C, D] (the rest padding) through a Mamba-2
+  block from an empty cache -> ([B, C, D] (garbage past count), the cache after
+  count[b] steps). Each row is rotated so its elements end at C-1 behind a padding
+  document (reset at its first element, conv blind to the padding), so the chunked
+  scan's final state is the row's own; the conv window's slots before the row's first
+  element are zeroed, as the recurrent step leaves them."""
+  C = x.shape[1]
+  aligned = _roll_rows(x, count)  # [B, C, D] elements at C-count .. C-1
+  segment_ids = (jnp.arange(C)[None] >= C - count[:, None]).astype(jnp.int32)  # [B, C]
+  h, state = block.mixer(block.norm(aligned), segment_ids, return_state=True)
+  W1 = state["conv"].shape[1]  # d_conv - 1 slots, the last one holds element count-1
+  seen = jnp.arange(W1)[None] >= W1 - count[:, None]  # [B, W-1]
+  state["conv"] = jnp.where(seen[..., None], state["conv"], 0.0)
+  return _roll_rows(aligned + h.astype(x.dtype), -count), state
+
+
+def stack_prefill(stack, x: jax.Array, count: jax.Array, caches: list) -> tuple[jax.Array, list]:
+  """x [B, C, D] (each row's first count[b] elements real, the rest padding) through a
+  Stack from empty caches -> (norm output [B, C, D], caches after count[b] steps).
+  Attention writes slots 0..C-1; the slots past count[b] are never read (each step
+  writes its own slot before attending, and attends to earlier slots only)."""
+  new = []
+  for layer, cache in zip(stack.layers, caches):
+    if isinstance(layer, Mamba2Block):
+      x, cache = mamba_prefill(layer, x, count)
+    else:
+      x, cache = layer.decode(x, cache, jnp.zeros((), jnp.int32))
+    new.append(cache)
+  return stack.norm(x), new
 
 
 # ---------------------------------------------------------------- modules
@@ -292,6 +338,48 @@ class HNet(nnx.Module):
     new["z_bar"] = jnp.where(keep, z_bar, cache["z_bar"])
     caches[s] = new
     return out
+
+  def _prefill_stage(self, s: int, x: jax.Array, stream: dc.Stream, count: jax.Array,
+                     caches: list) -> jax.Array:
+    """x [B, C, D_s], each row's first count[b] elements real -> [B, C, D_s]; fills
+    caches[s:] (what count[b] steps of _step_stage leave): the forward pass with
+    capacity C (no dropped boundaries), keeping each block's state."""
+    stage, cache = self.stages[s], caches[s]
+    if s == self.num_stages:
+      out, main = stack_prefill(stage.main, x, count, cache["main"])
+      caches[s] = {"count": count, "main": main}
+      return out
+    impl = dict(implementation=self.implementation, interpret=self.interpret)
+    h, encoder = stack_prefill(stage.encoder, x, count, cache["encoder"])  # [B, C, D_s]
+    routed = dc.route_and_chunk(stage.router, h, stream, h.shape[1], **impl)
+    inner_count = jnp.sum(routed.inner.real.astype(jnp.int32), axis=1)  # [B]
+    z = self._prefill_stage(s + 1, stage.widen(routed.chunks), routed.inner, inner_count,
+                            caches)[..., :stage.dim]  # [B, C, D_s]
+    y = dc.dechunk_and_combine(z, routed, stage.residual(h), **impl)
+    out, decoder = stack_prefill(stage.decoder, y, count, cache["decoder"])
+    # z_bar: the EMA value the last real element read (its chunk's; element 0 is a chunk)
+    z_bar = ema_scan_reference(z, clamp_chunk_prob(routed.chunk_prob), routed.inner.is_start)
+    last_chunk = _rows_at(routed.chunk_index_of_byte, count - 1)  # [B]
+    caches[s] = {"count": count, "encoder": encoder, "decoder": decoder,
+                 "h_previous": _rows_at(h, count - 1).astype(jnp.float32),
+                 "z_bar": _rows_at(z_bar, last_chunk)}
+    return out
+
+  def prefill(self, cache: list, ids: jax.Array, length: jax.Array) -> list:
+    """ids [B, W] -> the cache that `length` (traced, 1 <= length <= W) decode_steps
+    feeding ids[:, :length] leave, from an empty cache (init_cache), in one forward
+    pass: the byte stream is a document of `length` bytes followed by padding, every
+    stage's stream is its real elements followed by padding (rows emit different
+    numbers of chunks), and each block keeps its state after the real elements
+    (stack_prefill). Numerically the chunked SSD scan, not the recurrent step."""
+    B, W = ids.shape
+    segment_ids = (jnp.arange(W)[None] < length).astype(jnp.int32) * jnp.ones((B, 1), jnp.int32)
+    stream = dc.Stream(positions=jnp.broadcast_to(jnp.arange(W, dtype=jnp.int32), (B, W)),
+                       segment_ids=segment_ids, is_start=dc.segment_starts(segment_ids),
+                       real=segment_ids > 0)
+    caches = list(cache)
+    self._prefill_stage(0, self.embed(ids), stream, jnp.full((B,), length, jnp.int32), caches)
+    return caches
 
   def decode_step(self, cache: list, ids: jax.Array) -> tuple[jax.Array, list]:
     """ids [B] -> logits [B, V] for the next byte; advances every stage's cache."""

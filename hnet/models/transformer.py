@@ -56,6 +56,19 @@ class Transformer(nnx.Module):
       new_layers.append(layer_cache)
     return self._logits(x)[:, 0], {"index": index + 1, "layers": new_layers}
 
+  def prefill(self, cache: dict[str, Any], ids: jax.Array, length: jax.Array) -> dict[str, Any]:
+    """ids [B, W] -> the cache that `length` (traced, <= W) decode_steps feeding
+    ids[:, :length] leave, in one causal pass over the W positions; no logits. Slots
+    index+length.. hold keys of ids past `length`: each decode_step writes its slot
+    before attending and never attends past it, so they are never read."""
+    index = cache["index"]
+    x = self.embed(ids)  # [B, W, D]
+    new_layers = []
+    for layer, layer_cache in zip(self.layers, cache["layers"]):
+      x, layer_cache = layer.decode(x, layer_cache, index)
+      new_layers.append(layer_cache)
+    return {"index": index + length, "layers": new_layers}
+
 
 def build(cfg, rngs: nnx.Rngs) -> Transformer:
   return Transformer(vocab_size=cfg.vocab_size, dim=cfg.dim, num_layers=cfg.num_layers,
