@@ -33,22 +33,23 @@ def test_causal(pooling):
 
 
 def test_late_boundary_uses_open_word():
-  """'HTTPS' + 'e' moves the boundary before 'S' (splitter P3): the logits at 'S' must
-  not depend on the 'e' that follows it."""
+  """The boundary before an incomplete character is known only once it completes
+  (splitter P3): "ab" + b"\xc3" continues as " abé" or becomes " ab", "×". The logits at
+  the lead byte b"\xc3" must not depend on the byte that follows it."""
   cfg = tiny_config()
   model = build_model(cfg.model, nnx.Rngs(0))
   forward = nnx.jit(lambda m, b: m(b).logits)
-  a = testing.word_layout_batch([[b"xy HTTPSe"]], 10, 6, WORD_LEN)
-  b = testing.word_layout_batch([[b"xy HTTPS."]], 10, 6, WORD_LEN)
-  assert a["word_index"][0, 8] != b["word_index"][0, 8]       # 'S' starts "Se" only in a
-  np.testing.assert_array_equal(a["open_word_index"][0, :9], b["open_word_index"][0, :9])
-  np.testing.assert_allclose(np.asarray(forward(model, a))[:, :9],
-                             np.asarray(forward(model, b))[:, :9], atol=0, rtol=0)
+  a = testing.word_layout_batch([["xy ab×".encode()]], 10, 6, WORD_LEN)
+  b = testing.word_layout_batch([["xy abé".encode()]], 10, 6, WORD_LEN)
+  assert a["word_index"][0, 6] != b["word_index"][0, 6]       # b"\xc3" starts "×" only in a
+  np.testing.assert_array_equal(a["open_word_index"][0, :7], b["open_word_index"][0, :7])
+  np.testing.assert_allclose(np.asarray(forward(model, a))[:, :7],
+                             np.asarray(forward(model, b))[:, :7], atol=0, rtol=0)
 
 
 @pytest.mark.parametrize("window", [4, 0])
 def test_cached_generation_matches_forward(window):
-  docs = DOCS + [b"HTTPSe \xe4\xb8\xad\xe6x \xff camelCase"]
+  docs = DOCS + ["ab×e 中".encode() + b"\xe6x \xff camelCase"]
   testing.assert_word_cached_generation_matches(tiny_config(window=window), docs, 30, 20, WORD_LEN)
 
 

@@ -192,12 +192,13 @@ def test_open_word_index_matches_reference_on_tricky_documents(lw):
 
 
 def test_open_word_index_late_boundaries():
-  row = _single_row([b"xy HTTPSe", "ab中".encode()], 8)
-  # BOS "xy" " HTTP" "Se" EOS BOS "ab" "中" EOS: the "S" reads as part of " HTTP"'s word,
-  # the first two bytes of "中" as part of "ab"
-  assert list(row["word_index"][:18]) == [0, 1, 1, 2, 2, 2, 2, 2, 3, 3, 4, 5, 6, 6, 7, 7, 7, 8]
-  assert list(row["open_word_index"][:18]) == [0, 1, 1, 2, 2, 2, 2, 2, 2, 3, 4, 5, 6, 6, 6, 6,
-                                               7, 8]
+  row = _single_row(["xy HTTPカ".encode(), "ab中".encode()], 8)
+  # BOS "xy" " HTTP" "カ" EOS BOS "ab" "中" EOS: the first two bytes of "カ" read as part of
+  # " HTTP"'s word, those of "中" as part of "ab" (the splitter's only late boundary, P3)
+  assert list(row["word_index"][:19]) == [0, 1, 1, 2, 2, 2, 2, 2, 3, 3, 3, 4, 5, 6, 6, 7, 7, 7,
+                                          8]
+  assert list(row["open_word_index"][:19]) == [0, 1, 1, 2, 2, 2, 2, 2, 2, 2, 3, 4, 5, 6, 6, 6,
+                                               6, 7, 8]
 
 
 @settings(max_examples=150, deadline=None)
@@ -221,9 +222,9 @@ def test_open_word_index_equals_word_index_on_plain_english():
 
 
 def test_open_word_index_clamped_in_continued_rows():
-  # the row break falls after "HTTP": "S" of "HTTPSe" opens in the previous row -> slot 0
-  rows = _rows([b"HTTPSe"], seq_len=6, words_per_row=3, bytes_per_word=4)
-  assert len(rows) == 2 and list(rows[1]["inputs"][:2]) == list(b"Se")
+  # the row break falls after "abc": the first bytes of "中" open in the previous row -> slot 0
+  rows = _rows(["abc中".encode()], seq_len=6, words_per_row=3, bytes_per_word=4)
+  assert len(rows) == 2 and list(rows[1]["inputs"][:3]) == list("中".encode())
   second = rows[1]
   assert second["open_word_index"][0] == 0 and second["word_index"][0] == 0
   for row in rows:
@@ -239,7 +240,7 @@ def _rare_words_config(tmp_path, **overrides):
   only newline the held-out part HELD_OUT."""
   from configs import hat_tiny
   train = (b"the elephantine cat and the dog met the owl. " * 20
-           + b"a zebra, a zebra; okapi okapi okapi.")
+           + b"a zebra a zebra okapi okapi okapi .")
   (tmp_path / "corpus.txt").write_bytes(train + b"\n" + HELD_OUT)
   c = hat_tiny.get_config().data
   c.source, c.path, c.eval_fraction = "files", str(tmp_path / "corpus.txt"), 0.08
@@ -254,7 +255,8 @@ def _rare_words_of(row):
 
 def test_rare_words_are_counted_in_the_training_split(tmp_path):
   """rare_word_mask marks the held-out words seen at most data.rare_max_count times in the
-  TRAINING split (splitter words, leading space included): " zebra" (2), " quagga" (0);
+  TRAINING split (splitter words, leading space and attached punctuation included):
+  " zebra" (2), " quagga." (0);
   not " okapi" (3), nor the long but frequent " elephantine", nor " met" (20)."""
   from hnet.data import pipeline
 
@@ -266,11 +268,11 @@ def test_rare_words_are_counted_in_the_training_split(tmp_path):
   c = _rare_words_config(tmp_path)
   row = held_out_row(c)
   assert list(wl.sources.load_documents(c, "validation")) == [HELD_OUT]
-  assert _rare_words_of(row) == {b" zebra", b" quagga"}
+  assert _rare_words_of(row) == {b" zebra", b" quagga."}
   assert row["rare_word_mask"].dtype == np.float32 and row["rare_word_mask"].shape == (96,)
   assert wl.train_word_counts(c, 32)[b" zebra"] == 2
   assert _rare_words_of(held_out_row(_rare_words_config(tmp_path, rare_max_count=3))) == {
-      b" zebra", b" okapi", b" quagga"}
+      b" zebra", b" okapi", b" quagga."}
   assert _rare_words_of(held_out_row(_rare_words_config(tmp_path, rare_max_count=0))) == {
-      b" quagga"}
+      b" quagga."}
   assert "rare_word_mask" not in held_out_row(_rare_words_config(tmp_path, rare_max_count=-1))

@@ -30,11 +30,10 @@ Per row (int32 unless noted):
                       of the input's document, i.e. the last word of
                       splitter.split(doc[:t+1]) (splitter.WordStream's open word): what a
                       causal model may use at t. Equals word_index except where the
-                      splitter places a boundary late (splitter property P3): after
-                      "HTTPS" of "HTTPSe" ("HTTP", "Se") the open word is the one starting
-                      at "H", so the "S" gets the slot of "HTTP"; the first bytes of a
-                      multi-byte character belong to the word before it until the
-                      character completes (e.g. "ab中": b"\xe4", b"\xb8" -> slot of "ab").
+                      splitter places a boundary late (splitter property P3): the first
+                      bytes of a multi-byte character belong to the word before it until
+                      the character completes (e.g. "ab中": b"\xe4", b"\xb8" -> slot of
+                      "ab").
                       Never exceeds word_index. If the open word started in a previous row
                       (a document continuing across rows) it is clamped to slot 0. W for
                       padding (as word_index). BOS / EOS: their own slot.
@@ -185,13 +184,11 @@ class WordRows:
     """-> (stream positions t, sorted, where open_word_index < word_index; the gap).
 
     open(t) = the last word of split(doc[:k]), k = t's byte offset in its document + 1.
-    By splitter P1/P3 it is t's own word unless a final boundary lies inside the last
-    character of doc[:k] (or its incomplete tail), which happens only (a) while a
-    multi-byte character is incomplete, (b) at ACRONYMWord: a capital starting a word,
-    after a capital, followed by an ASCII lowercase letter. Valid UTF-8 documents: (b) by a
-    local split, (a) in closed form (below). Documents with invalid UTF-8: a local split
-    after every boundary that starts with a non-ASCII byte or with a capital after a
-    capital / non-ASCII byte. Work ~ non-ASCII bytes + candidates, numpy-vectorised."""
+    By splitter P1/P3 it is t's own word unless a final boundary lies inside the
+    incomplete tail of doc[:k], i.e. while a multi-byte character is incomplete. Valid
+    UTF-8 documents: in closed form (below). Documents with invalid UTF-8: a local split
+    after every boundary that starts with a non-ASCII byte. Work ~ non-ASCII bytes,
+    numpy-vectorised."""
     ids, word_start, lw = self._ids, self._word_start, self.bytes_per_word
     T = len(ids)
     if T == 0:
@@ -218,21 +215,6 @@ class WordRows:
       return j + len(splitter.split(docs[d][a:k], lw)) - 1
 
     late: dict[int, int] = {}   # stream position -> its open word (global word index)
-    # (b) ACRONYMWord candidates: the last byte of a word's first character
-    starts = word_start[:-1]
-    first, before = ids_ext[starts], ids_ext[np.maximum(starts - 1, 0)]
-    char_len = np.where(first < 0x80, 1, np.where(first < 0xE0, 2, np.where(first < 0xF0, 3, 4)))
-    after = ids_ext[np.minimum(starts + char_len, T)]
-    capital = ((first >= 65) & (first <= 90)) | ((first >= 0xC0) & (first < 256))
-    capital_before = ((before >= 65) & (before <= 90)) | ((before >= 0x80) & (before < 256))
-    cand = capital & capital_before & (after >= 97) & (after <= 122)
-    for w in np.flatnonzero(cand).tolist():
-      d = int(word_doc[w])
-      if not invalid[d]:
-        t = int(starts[w] + char_len[w] - 1)
-        value = local_open(d, t - int(doc_bos[d]))
-        if value < w:
-          late[t] = value
     # (a) non-last bytes t of a multi-byte character (the next byte is a continuation):
     # doc[:t+1] ends with an incomplete tail, so (valid UTF-8) split(doc[:t+1]) is
     # split(doc[:c]), c = the character's start, with the tail appended to its last word:
@@ -247,10 +229,6 @@ class WordRows:
       keep = (ids_ext[c - 1] < 256) & ~invalid[word_doc[tail_word]]   # c = doc start: same
       tail, c, tail_word = tail[keep], c[keep], tail_word[keep]
       prev_open = word_of(c - 1)
-      if late:
-        acronym = np.fromiter(late, np.int64, len(late))
-        for i in np.flatnonzero(np.isin(c - 1, acronym)).tolist():
-          prev_open[i] = late[int(c[i] - 1)]
       for i in np.flatnonzero(tail + 1 - word_start[prev_open] > lw).tolist():
         d = int(word_doc[tail_word[i]])
         prev_open[i] = local_open(d, int(tail[i] - doc_bos[d]))
@@ -262,8 +240,7 @@ class WordRows:
       end_word = self._doc_first_word[d + 1] if d + 1 < len(docs) else len(self._word_len)
       for w in range(int(self._doc_first_word[d]) + 2, int(end_word) - 1):
         s = int(word_start[w]) - bos - 1
-        x, y = doc[s], doc[s - 1]
-        if x >= 0x80 or (65 <= x <= 90 and (65 <= y <= 90 or y >= 0x80)):
+        if doc[s] >= 0x80:
           for k in range(s + 1, min(s + 4, len(doc)) + 1):
             value = local_open(d, k)
             if value < int(word_of(bos + k)):
