@@ -13,6 +13,10 @@ Sections:
             routing + chunk + dechunk fwd+bwd at 8 x 2048 x 512 vs its two projections
   ssd       Mamba-2 SSD scan: chunked vs sequential (fwd+bwd)
   words     HAT / Learn Your Tokens train bytes/s vs the byte Transformer; splitter MB/s
+  splitter  the HAT word splitter, one core, on the embedded corpus; with
+            --splitter_reference_python (a scratch venv with hat-splitter 0.1.10, never a
+            dependency): side by side with the published Rust splitter on eight corpora,
+            word-boundary F1 and speed (tools/compare_splitter.py)
   generation  bytes/s at batch 1 and 16 (transformer, H-Net, HAT)
   mrt5      encoder time with hard deletion vs soft deletion
 """
@@ -35,12 +39,14 @@ from hnet.perf import compiled_flops, compiled_memory, measure_matmul_peak  # no
 from hnet.testing import packed_byte_batch  # noqa: E402
 from hnet.train import init_state, jit_train_step, make_setup  # noqa: E402
 
-flags.DEFINE_list("sections", ["peak", "baseline", "memory", "hnet", "ssd", "words", "generation",
-                               "mrt5"], "sections to run")
+flags.DEFINE_list("sections", ["peak", "baseline", "memory", "hnet", "ssd", "words", "splitter",
+                               "generation", "mrt5"], "sections to run")
 flags.DEFINE_string("mrt5_workdir", "runs/compare/mrt5_tiny", "trained MrT5 run for the mrt5 section")
 flags.DEFINE_string("config", "configs/transformer_tiny.py", "baseline config file")
 flags.DEFINE_integer("steps", 10, "timed steps per measurement")
 flags.DEFINE_string("json", "", "also write the results to this file")
+flags.DEFINE_string("splitter_reference_python", "", "splitter section: python of a scratch venv "
+                    "with hat-splitter installed, to compare with (e.g. /tmp/hatsplit/bin/python)")
 FLAGS = flags.FLAGS
 
 
@@ -195,6 +201,30 @@ def _timed(fn):
   return time.perf_counter() - start
 
 
+def section_splitter(results):
+  """Splitter MB/s on the embedded corpus; side by side with hat-splitter when given."""
+  import importlib.util
+  from hnet.data import corpus
+  from hnet.text.splitter import splitter_throughput
+  text = b"".join(corpus.embedded_documents("train"))[:4_000_000]
+  split = splitter_throughput(text)
+  out = {"splitter_mb_per_s_one_core": split["mb_per_s"],
+         "splitter_bytes_per_word": split["bytes_per_word"]}
+  if FLAGS.splitter_reference_python:
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "compare_splitter.py")
+    spec = importlib.util.spec_from_file_location("compare_splitter", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    rows, table, details = module.side_by_side(FLAGS.splitter_reference_python)
+    print("\n".join(table))
+    print("remaining differences:\n" + ("\n".join(details) if details else "  none"))
+    for name, row in rows.items():
+      out[f"splitter_{name}_f1_vs_published"] = row["f1"]
+      out[f"splitter_{name}_speed_vs_published"] = row["speed_ratio"]
+  results["splitter"] = out
+  return out
+
+
 def section_generation(results):
   """Generation bytes/s (compilation excluded) at batch 1 and 16, fresh tiny models."""
   from flax import nnx
@@ -244,7 +274,7 @@ def section_mrt5(results):
 
 
 SECTIONS = {"peak": section_peak, "baseline": section_baseline, "memory": section_memory,
-            "hnet": section_hnet, "ssd": section_ssd, "words": section_words,
+            "splitter": section_splitter, "hnet": section_hnet, "ssd": section_ssd, "words": section_words,
             "generation": section_generation, "mrt5": section_mrt5}
 
 

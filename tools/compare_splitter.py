@@ -42,18 +42,10 @@ import unicodedata  # noqa: E402
 
 from absl import app, flags  # noqa: E402
 
-flags.DEFINE_string("reference_python", None, "python of an environment with hat-splitter "
-                    "installed (e.g. /tmp/hatsplit/bin/python)")
-flags.DEFINE_integer("bytes_per_corpus", 400_000, "UTF-8 bytes per corpus")
-flags.DEFINE_integer("repeats", 3, "timed passes per round (best is kept)")
-flags.DEFINE_integer("rounds", 2, "rounds of (reference, ours), alternating")
-flags.DEFINE_integer("show", 8, "differences shown per corpus (distinct character pairs)")
-flags.DEFINE_list("corpora", ["english", "code", "de", "ru", "ar", "zh", "ja", "ko"],
-                  "corpora to compare")
-flags.DEFINE_string("json", None, "also write the table as JSON here")
 FLAGS = flags.FLAGS
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
+DEFAULT_CORPORA = ("english", "code", "de", "ru", "ar", "zh", "ja", "ko")
 LOCALES = {"de": "de", "ru": "ru", "ar": "ar", "zh": "zh_CN", "ja": "ja", "ko": "ko"}
 
 # Runs in the reference environment: splits every document, times best-of-repeats passes.
@@ -208,25 +200,22 @@ def compare(docs, ours, ref, show):
   return stats, lines
 
 
-def main(argv):
-  del argv
-  if not FLAGS.reference_python:
-    raise app.UsageError("--reference_python is required: the python of a scratch venv with "
-                         "hat-splitter installed, e.g. python3 -m venv /tmp/hatsplit && "
-                         "/tmp/hatsplit/bin/pip install hat-splitter==0.1.10")
-  corpora = gather_corpora(FLAGS.corpora, FLAGS.bytes_per_corpus)
+def side_by_side(reference_python, corpus_names=DEFAULT_CORPORA, bytes_per_corpus=400_000,
+                 repeats=3, rounds=2, show=8):
+  """-> ({corpus: stats}, [markdown table lines], [difference lines])."""
+  corpora = gather_corpora(corpus_names, bytes_per_corpus)
   ref_runs, our_runs = [], []
-  for _ in range(max(1, FLAGS.rounds)):
-    ref_runs.append(run_reference(FLAGS.reference_python, corpora, FLAGS.repeats))
-    our_runs.append(run_ours(corpora, FLAGS.repeats))
+  for _ in range(max(1, rounds)):
+    ref_runs.append(run_reference(reference_python, corpora, repeats))
+    our_runs.append(run_ours(corpora, repeats))
   rows, details = {}, []
-  print("| corpus | MB | docs | F1 | precision | recall | identical docs | published MB/s | "
-        "hnet MB/s (str) | ratio | hnet MB/s (bytes) |")
-  print("|---|---|---|---|---|---|---|---|---|---|---|")
+  table = ["| corpus | MB | docs | F1 | precision | recall | identical docs | published MB/s | "
+           "hnet MB/s (str) | ratio | hnet MB/s (bytes) |",
+           "|---|---|---|---|---|---|---|---|---|---|---|"]
   for name, docs in corpora.items():
     size = sum(len(d.encode("utf-8")) for d in docs)
     stats, lines = compare(docs, our_runs[0][name]["lengths"], ref_runs[0][name]["lengths"],
-                           FLAGS.show)
+                           show)
     ref_s = min(r[name]["cpu_s"] for r in ref_runs)
     our_s = min(r[name]["cpu_s"] for r in our_runs)
     our_bytes_s = min(r[name]["bytes_cpu_s"] for r in our_runs)
@@ -234,14 +223,27 @@ def main(argv):
                  ours_mb_per_s=size / our_s / 1e6, ours_bytes_mb_per_s=size / our_bytes_s / 1e6,
                  speed_ratio=ref_s / our_s)
     rows[name] = stats
-    print(f"| {name} | {size / 1e6:.2f} | {len(docs)} | {stats['f1']:.4f} | "
-          f"{stats['precision']:.4f} | {stats['recall']:.4f} | "
-          f"{stats['identical_documents']}/{len(docs)} | {stats['published_mb_per_s']:.2f} | "
-          f"{stats['ours_mb_per_s']:.2f} | {stats['speed_ratio']:.2f}x | "
-          f"{stats['ours_bytes_mb_per_s']:.2f} |")
+    table.append(f"| {name} | {size / 1e6:.2f} | {len(docs)} | {stats['f1']:.4f} | "
+                 f"{stats['precision']:.4f} | {stats['recall']:.4f} | "
+                 f"{stats['identical_documents']}/{len(docs)} | "
+                 f"{stats['published_mb_per_s']:.2f} | {stats['ours_mb_per_s']:.2f} | "
+                 f"{stats['speed_ratio']:.2f}x | {stats['ours_bytes_mb_per_s']:.2f} |")
     if lines:
       details.append(f"{name}: {stats['cuts_ours'] - stats['cuts_published']:+d} cuts")
       details += lines
+  return rows, table, details
+
+
+def main(argv):
+  del argv
+  if not FLAGS.reference_python:
+    raise app.UsageError("--reference_python is required: the python of a scratch venv with "
+                         "hat-splitter installed, e.g. python3 -m venv /tmp/hatsplit && "
+                         "/tmp/hatsplit/bin/pip install hat-splitter==0.1.10")
+  rows, table, details = side_by_side(FLAGS.reference_python, FLAGS.corpora,
+                                      FLAGS.bytes_per_corpus, FLAGS.repeats, FLAGS.rounds,
+                                      FLAGS.show)
+  print("\n".join(table))
   print("\nRemaining differences (most frequent first; '|' marks the cut):")
   print("\n".join(details) if details else "  none")
   if FLAGS.json:
@@ -250,4 +252,13 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  flags.DEFINE_string("reference_python", None, "python of an environment with hat-splitter "
+                      "installed (e.g. /tmp/hatsplit/bin/python)")
+  flags.DEFINE_integer("bytes_per_corpus", 400_000, "UTF-8 bytes per corpus")
+  flags.DEFINE_integer("repeats", 3, "timed passes per round (best is kept)")
+  flags.DEFINE_integer("rounds", 2, "rounds of (reference, ours), alternating")
+  flags.DEFINE_integer("show", 8, "differences shown per corpus (distinct character pairs)")
+  flags.DEFINE_list("corpora", ["english", "code", "de", "ru", "ar", "zh", "ja", "ko"],
+                    "corpora to compare")
+  flags.DEFINE_string("json", None, "also write the table as JSON here")
   app.run(main)

@@ -43,8 +43,9 @@ MODEL_CARD_NOTES_HAT = """- config.json uses the field names of the published TF
   current word), so it is a projection o_proj(v_proj(RMSNorm(word))) and
   word_window_size is 1; hnet_pooling and hnet_decoder_input_proj are hnet's own
   fields; no key/query norm (key_query_norm false), RoPE rotate-half (is_neox_style true).
-- The word splitter (`splitter.py`) is hnet's (hnet/text/splitter.py), not the
-  published `hat-splitter`; it also accepts invalid UTF-8.
+- The word splitter (`splitter.py`) is hnet's (hnet/text/splitter.py), written to the
+  published `hat-splitter` 0.1.10's rules (the same words on the corpora of
+  tools/compare_splitter.py); it also accepts invalid UTF-8 and lone surrogates.
 - generate() recomputes the whole prefix at every step (no KV cache in this export).
 """
 MODEL_CARD_NOTES_WORD_POOLED = """- Word splitter: hnet's (`splitter.py`, hnet/text/splitter.py), with

@@ -24,8 +24,8 @@ output of exactly the words that the splitter has finished on the prefix. So:
     byte distribution, and no position conditions on its own target;
   - ctx[t] = batch["open_word_index"][t] when the layout supplies it, else
     batch["word_index"][t]. They differ only where the splitter places a boundary
-    before the last character of the open word one to three bytes late ("HTTPS" + "e"
-    -> "HTTP", "Se"; an incomplete multi-byte character; splitter.py, property P3):
+    before the last character of the open word one to three bytes late (while that
+    character is incomplete: " ab" + b"\xc3\x97" -> " ab", "×"; splitter.py, P3):
     there the full-document word_index would let x_t read a word whose end depends on
     x_{t+1}. Layouts built from hnet/text/splitter.py should supply open_word_index.
 Every byte of the document is predicted exactly once, from strictly earlier bytes, so

@@ -25,11 +25,12 @@ every byte of the document is predicted exactly once, from earlier bytes only, a
 train loop's cross-entropy over batch["targets"] / batch["loss_mask"] is directly the
 bpb of a byte model. next-word exact match (ModelOutput.metrics, see hat.word_metrics)
 judges every byte of a word, its first byte included.
-Late boundaries (splitter property P3, "HTTPS" + "e" -> "HTTP", "Se"; an incomplete
-multi-byte character): byte t reads the word that is *open* after bytes 0..t,
-batch["open_word_index"] (as in HAT). Where it differs from word_index, the byte is a
-"late" byte: after "HTTPS" the open word is " HTTPS", so the "S" is decoded in the
-sequence [proj(pred[o]), " HTTP", "S"] of the open word o (pred[o] from words < o), at
+Late boundaries (splitter property P3: a multi-byte character that starts a new word is
+known to do so only once complete, " ab" + b"\xc3\x97" -> " ab", "×"): byte t reads the
+word that is *open* after bytes 0..t, batch["open_word_index"] (as in HAT). Where it
+differs from word_index, the byte is a "late" byte: after b"\xc3" the open word is
+" ab\xc3", so the b"\xc3" is decoded in the sequence [proj(pred[o]), " ab", b"\xc3"] of
+the open word o (pred[o] from words < o), at
 in-word slot t - start(o). The open word is at most max_word_size bytes, so these slots
 are padding slots of word o's decoder row: the late bytes are written there (the causal
 in-word decoder keeps word o's own outputs unchanged). No byte depends on a later one.

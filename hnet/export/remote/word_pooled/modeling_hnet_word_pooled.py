@@ -9,8 +9,8 @@ of an hnet export; needs only torch, transformers and the files beside it).
   predicts the byte after b_k; final RMSNorm; byte head.
 
 Byte t is decoded in the sequence of the word that is open after reading bytes 0..t:
-where the splitter places a boundary late ("HTTPS" + "e" -> "HTTP", "Se"; an
-incomplete multi-byte character) the late bytes are read at padding slots of the open
+where the splitter places a boundary late (an incomplete multi-byte character,
+" ab" + b"\xc3\x97" -> " ab", "×") the late bytes are read at padding slots of the open
 word's sequence (hnet/models/word_pooled.py explains the choice).
 
 Each row of input_ids is one document (attention_mask marks its ids; padding on either
