@@ -248,11 +248,14 @@ def _sample_ids(model: nnx.Module, prompts: Sequence[np.ndarray], *, max_new_byt
 # --------------------------------------------------------------------------- decoder-only
 
 def generate(model: nnx.Module, prompts: Sequence[bytes], *, max_new_bytes: int, seed: int = 0,
-             temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0) -> list[bytes]:
-  """Continues each prompt by up to `max_new_bytes` bytes (greedy when temperature == 0)."""
+             temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
+             stop_at_eos: bool = True) -> list[bytes]:
+  """Continues each prompt by up to `max_new_bytes` bytes (greedy when temperature == 0).
+  stop_at_eos=False: exactly max_new_bytes per row, a sampled EOS fed on (benchmarks)."""
   ids = [hbytes.encode(p, add_bos=True) for p in prompts]
   sampled = _sample_ids(model, ids, max_new_bytes=max_new_bytes, seed=seed,
-                        sampling=Sampling(temperature, top_k, top_p))
+                        sampling=Sampling(temperature, top_k, top_p),
+                        eos_id=hbytes.EOS_ID if stop_at_eos else -1)
   return [hbytes.decode_bytes(x) for x in sampled]
 
 
@@ -361,9 +364,12 @@ class SourceSamples(NamedTuple):
 def generate_from_source(model: nnx.Module, sources: Sequence[bytes], *, max_new_bytes: int,
                          objective: str = "prefix_lm", hard_deletion: bool = False,
                          seed: int = 0, temperature: float = 1.0, top_k: int = 0,
-                         top_p: float = 1.0, marker: bytes = SPAN_MARKER) -> SourceSamples:
+                         top_p: float = 1.0, marker: bytes = SPAN_MARKER,
+                         stop_at_eos: bool = True) -> SourceSamples:
   """Encoder-decoder sampling: each source is encoded, the decoder samples up to
-  `max_new_bytes` ids from BOS (+ the first sentinel for span_corruption) until EOS."""
+  `max_new_bytes` ids from BOS (+ the first sentinel for span_corruption) until EOS
+  (stop_at_eos=False: exactly max_new_bytes, for benchmarks). The decoder prompt is 1-2
+  ids, stepped (there is nothing to prefill)."""
   encoder_ids = [source_ids(s, objective, marker) for s in sources]
   # padding rows (one EOS) up to the batch bucket, positions up to the length bucket:
   # the encoder and the loop compile once for sources of similar length
@@ -380,7 +386,8 @@ def generate_from_source(model: nnx.Module, sources: Sequence[bytes], *, max_new
     prompts = [np.array([hbytes.BOS_ID], np.int32)] * len(sources)
     sampling = Sampling(temperature, top_k, top_p)
   sampled = _sample_ids(model, prompts, max_new_bytes=max_new_bytes, seed=seed,
-                        sampling=sampling, encoded=encoded)
+                        sampling=sampling, encoded=encoded,
+                        eos_id=hbytes.EOS_ID if stop_at_eos else -1)
   if first is not None:
     sampled = [np.concatenate([[first], x]) for x in sampled]
   ratios = deletion_ratios(model, encoded, batch)

@@ -17,7 +17,8 @@ Sections:
             --splitter_reference_python (a scratch venv with hat-splitter 0.1.10, never a
             dependency): side by side with the published Rust splitter on eight corpora,
             word-boundary F1 and speed (tools/compare_splitter.py)
-  generation  bytes/s at batch 1 and 16 (transformer, H-Net, HAT)
+  generation  compile time, steady-state decode and prefill bytes/s at batch 1 and 16
+            (transformer, H-Net, HAT, LYT, Byte2Word, MrT5)
   mrt5      encoder time with hard deletion vs soft deletion
 """
 import os
@@ -225,21 +226,73 @@ def section_splitter(results):
   return out
 
 
-def section_generation(results):
-  """Generation bytes/s (compilation excluded) at batch 1 and 16, fresh tiny models."""
+GENERATION_FAMILIES = ("transformer_tiny", "hnet_1stage_tiny", "hat_tiny", "lyt_tiny",
+                       "byte2word_tiny", "mrt5_tiny")
+PROMPT_TEXT = (b"ROMEO. But soft, what light through yonder window breaks? It is the east, and "
+               b"Juliet is the sun. Arise, fair sun, and kill the envious moon, who is already "
+               b"sick and pale with grief that thou her maid art far more fair than she. ") * 8
+
+
+def _clock(fn) -> float:
+  start = time.perf_counter()
+  fn()
+  return time.perf_counter() - start
+
+
+def generation_figures(name: str, batch: int, new_bytes: int = 256, long_prompt: int = 1000):
+  """One fresh tiny model of configs/<name>.py at `batch` rows (EOS does not stop a row):
+    compile_s         first call (32-byte prompts, new_bytes) minus the second call
+    second_call_s     a new 32-byte prompt (same buckets), new_bytes: no compilation
+    decode_bytes_per_s  batch * new_bytes / second_call_s (includes the 32-byte prefill)
+    prefill_bytes_per_s batch * long_prompt / (a call with long_prompt-byte prompts and
+                      1 new byte, after its own compilation): the prompt pass (MrT5:
+                      the encoder over a long_prompt-byte source)."""
   from flax import nnx
-  from hnet.generate import generate
+  from hnet import generate as hgenerate
   from hnet.models import build_model
   from hnet.models import hat as hat_lib
-  out, new_bytes = {}, 128
-  for name in ("transformer_tiny", "hnet_1stage_tiny", "hat_tiny"):
-    config = load_config(f"configs/{name}.py")
-    model = build_model(config.model, nnx.Rngs(0))
-    sample = hat_lib.generate if config.model.name == "hat" else generate
+  config = load_config(f"configs/{name}.py")
+  model = build_model(config.model, nnx.Rngs(0))
+  family = config.model.name
+  if family in ("mrt5", "byt5"):
+    def sample(prompts, n):
+      return hgenerate.generate_from_source(model, prompts, max_new_bytes=n, stop_at_eos=False)
+  elif family in ("hat", "lyt", "byte2word"):
+    def sample(prompts, n):
+      return hat_lib.generate(model, prompts, max_new_bytes=n, stop_at_eos=False,
+                              max_word_size=model.max_word_len)
+  else:
+    def sample(prompts, n):
+      return hgenerate.generate(model, prompts, max_new_bytes=n, stop_at_eos=False)
+  first = _clock(lambda: sample([PROMPT_TEXT[:32]] * batch, new_bytes))
+  second = _clock(lambda: sample([PROMPT_TEXT[40:72]] * batch, new_bytes))
+  long_prompts = [PROMPT_TEXT[:long_prompt]] * batch
+  if family in ("mrt5", "byt5"):
+    ids = [hgenerate.source_ids(p) for p in long_prompts]
+    source = hgenerate.source_batch(ids + ids[:1] * (hgenerate.batch_bucket(batch) - batch),
+                                    hgenerate.length_bucket(long_prompt))
+    encode = lambda: jax.block_until_ready(hgenerate.encode_sources(model, source))
+  else:
+    encode = lambda: sample(long_prompts, 1)
+  encode()  # compile
+  prefill = _clock(encode)
+  return {"compile_s": first - second, "second_call_s": second,
+          "decode_bytes_per_s": batch * new_bytes / second,
+          "prefill_bytes_per_s": batch * long_prompt / prefill}
+
+
+def section_generation(results):
+  """Generation: compile time, steady-state decode and prefill bytes/s at batch 1 and 16,
+  fresh tiny models of every family with a generation path (generation_figures)."""
+  out = {}
+  for name in GENERATION_FAMILIES:
     for batch in (1, 16):
-      prompts = [b"ROMEO. But soft, what light"] * batch
-      seconds = _timed(lambda: sample(model, prompts, max_new_bytes=new_bytes, temperature=1.0))
-      out[f"{name}_generate_bytes_per_s_batch{batch}"] = batch * new_bytes / seconds
+      figures = generation_figures(name, batch)
+      print(f"[bench] {name} batch {batch}: " + ", ".join(
+          f"{k} {v:.4g}" for k, v in figures.items()), flush=True)
+      out.update({f"{name}_b{batch}_{k}": v for k, v in figures.items()})
+    out[f"{name}_decode_batch16_over_batch1"] = (out[f"{name}_b16_decode_bytes_per_s"]
+                                                 / out[f"{name}_b1_decode_bytes_per_s"])
   results["generation"] = out
   return out
 

@@ -64,6 +64,31 @@ def attend(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array,
   return out.reshape(B, L, H, Dh)
 
 
+def attend_cache(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array,
+                 logit_bias: jax.Array | None = None, *, use_softmax1: bool = False) -> jax.Array:
+  """attend() over a KV cache in its [B, K, S, Dh] layout (decoding): q [B, T, H, Dh],
+  k/v [B, K, S, Dh], mask [B, 1|H, T, S] -> [B, T, H, Dh]. Heads-major keeps both
+  products plain batched matmuls over the cache as it lies; in attend()'s [B, S, K, Dh]
+  layout XLA copied the whole cache at every step (12x the attention time at batch 16)."""
+  B, T, H, Dh = q.shape
+  K = k.shape[1]
+  q = jnp.moveaxis(q.reshape(B, T, K, H // K, Dh), 1, 3)  # [B, K, G, T, Dh]
+  logits = jnp.einsum("bkgtd,bksd->bkgts", q, k).astype(jnp.float32) * (Dh ** -0.5)
+  logits = logits.reshape(B, H, T, -1)
+  if logit_bias is not None:
+    logits = logits + logit_bias.astype(jnp.float32)
+  logits = jnp.where(mask, logits, NEG_INF)
+  weights = (softmax1 if use_softmax1 else jax.nn.softmax)(logits, axis=-1).astype(v.dtype)
+  out = jnp.einsum("bkgts,bksd->bkgtd", weights.reshape(B, K, H // K, T, -1), v)
+  return jnp.moveaxis(out, 3, 1).reshape(B, T, H, Dh)
+
+
+def write_rows(cache: jax.Array, new: jax.Array, slot: jax.Array) -> jax.Array:
+  """cache [B, K, S, Dh], new [B, 1, K, Dh] -> cache with row b's new entry at slot[b]
+  (rows at different positions; B entries written in place inside a loop)."""
+  return cache.at[jnp.arange(cache.shape[0]), :, slot].set(new[:, 0].astype(cache.dtype))
+
+
 class Attention(nnx.Module):
   """Self-attention with RoPE over packed rows, optional window and KV cache."""
 
@@ -103,7 +128,8 @@ class Attention(nnx.Module):
     return self.out(out.reshape(*x.shape[:2], -1))
 
   def init_cache(self, batch_size: int, max_len: int, dtype=jnp.float32) -> dict[str, Any]:
-    shape = (batch_size, max_len, self.num_kv_heads, self.head_dim)
+    """{"k", "v"}: [B, K, max_len, Dh] (heads-major: see attend_cache)."""
+    shape = (batch_size, self.num_kv_heads, max_len, self.head_dim)
     return {"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype)}
 
   def decode(self, x: jax.Array, cache: dict[str, Any], index: jax.Array,
@@ -119,15 +145,17 @@ class Attention(nnx.Module):
     Returns ([B, T, D], new cache).
     """
     B, T, _ = x.shape
-    S = cache["k"].shape[1]
+    S = cache["k"].shape[2]
     q_index = index + jnp.broadcast_to(jnp.arange(T), (B, T))
     q, k, v = self._project(x, q_index)
-    k_all = jax.lax.dynamic_update_slice(cache["k"], k.astype(cache["k"].dtype), (0, index, 0, 0))
-    v_all = jax.lax.dynamic_update_slice(cache["v"], v.astype(cache["v"].dtype), (0, index, 0, 0))
+    k_all = jax.lax.dynamic_update_slice(  # [B, K, S, Dh]
+        cache["k"], jnp.moveaxis(k, 1, 2).astype(cache["k"].dtype), (0, 0, index, 0))
+    v_all = jax.lax.dynamic_update_slice(
+        cache["v"], jnp.moveaxis(v, 1, 2).astype(cache["v"].dtype), (0, 0, index, 0))
     k_index = jnp.broadcast_to(jnp.arange(S), (B, S))
     seg_q = jnp.ones((B, T), jnp.int32)
     seg_k = jnp.ones((B, S), jnp.int32) if valid is None else valid.astype(jnp.int32)
     mask = make_mask(seg_q, seg_k, q_index, k_index, causal=True, window=self.window)
-    out = attend(q, k_all.astype(q.dtype), v_all.astype(q.dtype), mask, logit_bias,
-                 use_softmax1=self.use_softmax1)
+    out = attend_cache(q, k_all.astype(q.dtype), v_all.astype(q.dtype), mask, logit_bias,
+                       use_softmax1=self.use_softmax1)
     return self.out(out.reshape(B, T, -1)), {"k": k_all, "v": v_all}

@@ -44,6 +44,7 @@ commits per row). `generate(...)` is the batched sampling loop.
 """
 from __future__ import annotations
 
+import functools
 from typing import Any, Sequence
 
 import jax
@@ -52,7 +53,7 @@ import numpy as np
 from flax import nnx
 
 from hnet import bytes as hbytes
-from hnet.layers.attention import attend
+from hnet.layers.attention import attend_cache, write_rows
 from hnet.layers.linear import DEFAULT_STD, Dense, Embed, normal_param
 from hnet.layers.norm import RMSNorm
 from hnet.layers.pooling import gather_words, make_pooling, pool_stream
@@ -135,24 +136,20 @@ def block_decode_rows(block: TransformerBlock, x: jax.Array, cache: dict[str, ja
                       slot: jax.Array, commit: jax.Array) -> tuple[jax.Array, dict[str, jax.Array]]:
   """One new token per row at its own cache slot (rows advance at different rates).
 
-  x [B, 1, D], slot [B] (= the token's position), commit [B] bool (write the KV only
-  where True). Attends to slots <= slot of the row. Returns ([B, 1, D], cache).
+  x [B, 1, D], slot [B] (= the token's position), commit [B] bool (unused: the KV goes
+  to `slot` in every row, which stays the row's scratch slot until it commits there;
+  a row attends to slots <= slot only). Returns ([B, 1, D], cache [B, K, S, Dh]).
   """
+  del commit
   attn = block.attn
   B = x.shape[0]
-  S = cache["k"].shape[1]
+  S = cache["k"].shape[2]
   q, k, v = attn._project(block.attn_norm(x), slot[:, None])
-  write = ((jnp.arange(S)[None] == slot[:, None]) & commit[:, None])[:, :, None, None]  # [B, S, 1, 1]
-  k_all = jnp.where(write, k.astype(cache["k"].dtype), cache["k"])
-  v_all = jnp.where(write, v.astype(cache["v"].dtype), cache["v"])
-  # The row's own new key is used whether or not it is committed.
-  here = (jnp.arange(S)[None] == slot[:, None])[:, :, None, None]
-  k_use = jnp.where(here, k.astype(k_all.dtype), k_all)
-  v_use = jnp.where(here, v.astype(v_all.dtype), v_all)
+  new_cache = {"k": write_rows(cache["k"], k, slot), "v": write_rows(cache["v"], v, slot)}
   mask = (jnp.arange(S)[None] <= slot[:, None])[:, None, None, :]                     # [B,1,1,S]
-  out = attend(q, k_use.astype(q.dtype), v_use.astype(q.dtype), mask)
+  out = attend_cache(q, new_cache["k"].astype(q.dtype), new_cache["v"].astype(q.dtype), mask)
   x = x + attn.out(out.reshape(B, 1, -1))
-  return x + block.mlp(block.mlp_norm(x)), {"k": k_all, "v": v_all}
+  return x + block.mlp(block.mlp_norm(x)), new_cache
 
 
 def finish_words(finish_word, state: dict[str, Any], finished_lengths: jax.Array | None,
@@ -253,9 +250,7 @@ class HAT(nnx.Module):
     B, Lbuf = batch_size, self.max_word_len + 4
     first = self.first_word[...]
     bb = self.backbone[0].attn if len(self.backbone) else None
-    backbone = [{"k": jnp.zeros((B, max_len, bb.num_kv_heads, bb.head_dim), jnp.float32),
-                 "v": jnp.zeros((B, max_len, bb.num_kv_heads, bb.head_dim), jnp.float32)}
-                for _ in self.backbone]
+    backbone = [bb.init_cache(B, max_len) for _ in self.backbone]  # [B, K, S, Dh]
     enc_dim = self.embed.embedding.shape[1]
     return {"index": jnp.zeros((), jnp.int32),
             "encoder": [layer.init_cache(B, max_len) for layer in self.encoder],
@@ -345,36 +340,78 @@ class WordBoundaryTracker:
     return out
 
 
+@functools.partial(jax.jit, static_argnames=("graphdef",), donate_argnames=("cache",))
+def _feed_prompt(graphdef, state, cache: dict[str, Any], prompt: jax.Array,
+                 finished: jax.Array, count: jax.Array) -> dict[str, Any]:
+  """Feeds prompt[:, t] with finished[t] for t < count (traced) in one call: prompt
+  [B, W], finished [W, B, M]."""
+  model = nnx.merge(graphdef.graphdef, state)
+
+  def feed(t, cache):
+    return model.decode_step(cache, prompt[:, t], finished[t])[1]
+
+  return jax.lax.fori_loop(0, count, feed, cache)
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "sampling"), donate_argnames=("cache",))
+def _step_and_sample(graphdef, state, cache: dict[str, Any], ids: jax.Array, finished: jax.Array,
+                     key: jax.Array, t: jax.Array, *, sampling) -> tuple[jax.Array, dict]:
+  """One decode_step and the sampled next ids [B] (key fold_in(key, t), as hnet.generate)."""
+  model = nnx.merge(graphdef.graphdef, state)
+  logits, cache = model.decode_step(cache, ids, finished)
+  return sampling.pick(logits, jax.random.fold_in(key, t)), cache
+
+
 def generate(model: HAT, prompts: Sequence[bytes], *, max_new_bytes: int, seed: int = 0,
-             temperature: float = 1.0, max_word_size: int = 100) -> list[bytes]:
-  """Batched byte sampling (greedy at temperature 0); the splitter runs on the host."""
+             temperature: float = 1.0, max_word_size: int = 100,
+             stop_at_eos: bool = True) -> list[bytes]:
+  """Batched byte sampling (greedy at temperature 0); the splitter runs on the host.
+
+  Compiled once per model graph, batch bucket and length bucket (hnet.generate's
+  buckets). The part of the prompts every row has is fed in one device call
+  (`_feed_prompt`, the word boundaries computed on the host beforehand); after that
+  each step is one device call, since the next step's word boundaries depend on the
+  sampled byte. Not a one-pass prefill: the decoder's word vectors and the backbone's
+  per-row word slots would need the forward pass's word layout of the prompt rebuilt
+  as caches. stop_at_eos=False samples max_new_bytes per row (benchmarks)."""
+  from hnet import generate as hgenerate  # pylint: disable=g-import-not-at-top
   ids = [hbytes.encode(p, add_bos=True) for p in prompts]
-  B = len(ids)
+  n = len(ids)
+  B = hgenerate.batch_bucket(n)
+  ids += [ids[0][:1]] * (B - n)  # padding rows: BOS, then their own samples
   lengths = np.array([len(x) for x in ids])
   total = int(lengths.max()) + max_new_bytes
-  cache = model.init_cache(B, total)
+  slots = hgenerate.length_bucket(total)
+  graph, state = nnx.split(model)
+  graph = hgenerate.StaticGraph(graph)
+  sampling = hgenerate.Sampling(temperature)
+  cache = model.init_cache(B, slots)
   tracker = WordBoundaryTracker(B, model.max_words_per_step, max_word_size)
-  step = nnx.jit(lambda m, c, i, f: m.decode_step(c, i, f))
+  common = int(lengths.min()) - 1  # prompt ids every row feeds before the first sample
+  width = hgenerate.length_bucket(max(common, 1))
+  prompt = np.full((B, width), hbytes.PAD_ID, np.int32)
+  finished = np.zeros((width, B, model.max_words_per_step), np.int32)
+  for t in range(common):
+    prompt[:, t] = [x[t] for x in ids]
+    finished[t] = tracker.push(prompt[:, t])
+  cache = _feed_prompt(graph, state, cache, prompt, finished, np.int32(common))
   key = jax.random.key(seed)
   out = [list(x) for x in ids]
-  done = np.zeros(B, bool)
+  done = np.arange(B) >= n
   previous = np.zeros(B, np.int32)
-  for t in range(total - 1):
+  for t in range(common, total - 1):
     fed = np.array([ids[r][t] if t < lengths[r] else previous[r] for r in range(B)], np.int32)
-    logits, cache = step(model, cache, jnp.asarray(fed), jnp.asarray(tracker.push(fed)))
-    vocab = jnp.arange(logits.shape[-1])
-    logits = jnp.where((vocab >= hbytes.NUM_BYTES) & (vocab != hbytes.EOS_ID), -jnp.inf, logits)
-    key, sub = jax.random.split(key)
-    sample = (jnp.argmax(logits, -1) if temperature == 0 else
-              jax.random.categorical(sub, logits / temperature))
+    sample, cache = _step_and_sample(graph, state, cache, fed, tracker.push(fed), key,
+                                     np.int32(t), sampling=sampling)
     previous = np.asarray(sample, np.int32)
-    for r in range(B):
+    for r in range(n):
       if t + 1 >= lengths[r] and not done[r]:
         out[r].append(int(previous[r]))
-        done[r] |= previous[r] == hbytes.EOS_ID or len(out[r]) - lengths[r] >= max_new_bytes
+        done[r] |= ((stop_at_eos and previous[r] == hbytes.EOS_ID)
+                    or len(out[r]) - lengths[r] >= max_new_bytes)
     if done.all():
       break
-  return [hbytes.decode_bytes(np.array(o[n:])) for o, n in zip(out, lengths)]
+  return [hbytes.decode_bytes(np.array(o[k:])) for o, k in zip(out[:n], lengths[:n])]
 
 
 def build(cfg, rngs: nnx.Rngs) -> HAT:

@@ -38,7 +38,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from hnet.layers.attention import Attention, attend
+from hnet.layers.attention import Attention, attend_cache, write_rows
 from hnet.layers.linear import DEFAULT_STD, Dense, Embed
 from hnet.layers.mamba2 import Mamba2Block
 from hnet.layers.norm import RMSNorm
@@ -57,26 +57,26 @@ from hnet.sharding import shard
 def attention_step(attn: Attention, x: jax.Array, cache: dict[str, jax.Array],
                    position: jax.Array, commit: jax.Array) -> tuple[jax.Array, dict]:
   """One token per row at its own position. x [B, D], position [B] int32 (= the cache
-  slot), commit [B] bool: rows that keep the new key/value. Returns ([B, D], cache)."""
+  slot). The key/value go to slot `position` whether or not the row commits: that slot
+  is the row's scratch until it commits there (every step writes it before attending,
+  and attends to slots <= position only), so `commit` [B] is not needed here.
+  Returns ([B, D], cache)."""
+  del commit
   B = x.shape[0]
-  S = cache["k"].shape[1]
+  S = cache["k"].shape[2]
   q = attn.query(x).reshape(B, 1, attn.num_heads, attn.head_dim)
   k = attn.key(x).reshape(B, 1, attn.num_kv_heads, attn.head_dim)
   v = attn.value(x).reshape(B, 1, attn.num_kv_heads, attn.head_dim)
   if attn.rope:
     q = apply_rope(q, position[:, None], attn.rope_base)
     k = apply_rope(k, position[:, None], attn.rope_base)
-  slot = jnp.arange(S, dtype=jnp.int32)
-  here = (slot[None, :] == position[:, None])[:, :, None, None]  # [B, S, 1, 1]
-  k_all = jnp.where(here, k.astype(cache["k"].dtype), cache["k"])  # [B, S, K, Dh]
-  v_all = jnp.where(here, v.astype(cache["v"].dtype), cache["v"])
-  delta = position[:, None] - slot[None, :]  # [B, S]
+  new_cache = {"k": write_rows(cache["k"], k, position), "v": write_rows(cache["v"], v, position)}
+  delta = position[:, None] - jnp.arange(S, dtype=jnp.int32)[None, :]  # [B, S]
   mask = delta >= 0
   if attn.window is not None:
     mask &= delta < attn.window
-  out = attend(q, k_all.astype(q.dtype), v_all.astype(q.dtype), mask[:, None, None, :])
-  keep = commit[:, None, None, None]
-  new_cache = {"k": jnp.where(keep, k_all, cache["k"]), "v": jnp.where(keep, v_all, cache["v"])}
+  out = attend_cache(q, new_cache["k"].astype(q.dtype), new_cache["v"].astype(q.dtype),
+                     mask[:, None, None, :])
   return attn.out(out.reshape(B, -1)), new_cache
 
 

@@ -458,7 +458,7 @@ class MrT5(nnx.Module):
     """ids [B] at decoder position cache["index"] -> logits [B, V], new cache."""
     index = cache["index"]
     B = ids.shape[0]
-    S = cache["self"][0]["k"].shape[1]
+    S = cache["self"][0]["k"].shape[2]  # [B, K, S, Dh]
     x = self.embed(ids[:, None])  # [B, 1, D]
     q_positions = jnp.broadcast_to(index, (B, 1))
     k_positions = jnp.broadcast_to(jnp.arange(S), (B, S))

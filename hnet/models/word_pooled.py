@@ -154,11 +154,7 @@ class WordPooledLM(nnx.Module):
     """max_len: bytes per row (words <= bytes, so also the backbone's word slots)."""
     B = batch_size
     first = self.first_word[...]
-    backbone = [{"k": jnp.zeros((B, max_len, layer.attn.num_kv_heads, layer.attn.head_dim),
-                                jnp.float32),
-                 "v": jnp.zeros((B, max_len, layer.attn.num_kv_heads, layer.attn.head_dim),
-                                jnp.float32)}
-                for layer in self.backbone]
+    backbone = [layer.attn.init_cache(B, max_len) for layer in self.backbone]  # [B, K, S, Dh]
     return {"index": jnp.zeros((), jnp.int32),
             "backbone": backbone,
             "num_words": jnp.zeros((B,), jnp.int32),        # words finished (backbone slots used)
@@ -205,12 +201,13 @@ class WordPooledLM(nnx.Module):
 
 
 def generate(model: WordPooledLM, prompts: Sequence[bytes], *, max_new_bytes: int, seed: int = 0,
-             temperature: float = 1.0, max_word_size: int | None = None) -> list[bytes]:
+             temperature: float = 1.0, max_word_size: int | None = None,
+             stop_at_eos: bool = True) -> list[bytes]:
   """Batched byte sampling (greedy at temperature 0): HAT's loop (hat.generate) with the
   host-side splitter capped at the model's max_word_len."""
   return hat.generate(model, prompts, max_new_bytes=max_new_bytes, seed=seed,
                       temperature=temperature,
-                      max_word_size=max_word_size or model.max_word_len)
+                      max_word_size=max_word_size or model.max_word_len, stop_at_eos=stop_at_eos)
 
 
 def build(cfg, rngs: nnx.Rngs) -> WordPooledLM:
