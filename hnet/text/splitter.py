@@ -1,9 +1,9 @@
 """The HAT word splitter: bytes (or str) -> words. Written for this project from the rules
 in MODELS.md section 3 and from comparing outputs with the published splitter
 (`hat-splitter` 0.1.10, Aleph Alpha's Rust wheel, which the published HAT checkpoints were
-trained with; tools/compare_splitter.py shows the agreement, about 99.9% word-boundary F1
-on English, code, German, Russian, Arabic, Chinese, Japanese and Korean). No published
-splitter code was used.
+trained with; tools/compare_splitter.py shows the agreement: identical words on every
+document of its English, code, German, Russian, Arabic, Chinese, Japanese and Korean
+corpora). No published splitter code was used.
 
 `split` takes arbitrary bytes: they are decoded as UTF-8 with 'surrogateescape' (each
 invalid byte becomes one lone surrogate U+DC80..U+DCFF), one compiled `regex` pattern cuts
@@ -51,13 +51,14 @@ Unicode's word segmentation (UAX #29), whose boundaries the published splitter s
 Where we differ from the published splitter on purpose:
   - it takes valid str only; we also take bytes that are not valid UTF-8 (rule 1/6) and
     str with lone surrogates (rule 1);
-  - prefix stability (below). UAX #29 joins some characters only once a later character
+  - prefix stability (below): UAX #29 joins some characters only once a later character
     arrives, which the published splitter inherits: "1⁄" -> "1", "⁄" but "1⁄2" -> "1⁄2"
-    (U+2044 FRACTION SLASH is a symbol that UAX #29 treats as a number separator), and
-    a combining mark after punctuation or after a space run, or ZWJ + emoji after a
-    letter, joins differently ("a.\u0301b" -> it: "a.", "\u0301b"; us: "a.", "\u0301",
-    "b"). We keep every boundary final once made; these cases are rare in text (see the
-    remaining differences in the README).
+    (U+2044 FRACTION SLASH, a symbol that UAX #29 treats as a number separator); we keep
+    "1", "⁄", "2";
+  - not modelled (rare in text): UAX #29 attaches a combining mark to whatever precedes
+    it, so after punctuation or a run of spaces it joins differently ("a.\u0301b" -> it:
+    "a.", "\u0301b", us: "a.", "\u0301", "b"; "  \u0301" -> it: one word, us: two), and
+    ZWJ + pictograph after a letter ("a\u200d😀" -> it: one word, us: two);
   - Unicode version: the `regex` module's tables and the Rust crate's may differ for
     characters added recently.
 
