@@ -196,15 +196,28 @@ def memory_limit() -> int:
   return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
+_CACHE_BYTES: dict = {}  # (graph, batch, length, encoded shapes) -> bytes of the cache
+
+
+def _cache_bytes(graph: StaticGraph, batch: int, length: int, encoded_types, model, encoded) -> int:
+  """Bytes of model.init_cache(batch, length[, encoded]), traced once per key."""
+  key = (graph, batch, length, None if encoded_types is None else
+         tuple(jax.tree.leaves(encoded_types)))
+  if key not in _CACHE_BYTES:
+    cache = jax.eval_shape(lambda: model.init_cache(batch, length) if encoded is None
+                           else model.init_cache(batch, length, encoded))
+    _CACHE_BYTES[key] = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(cache))
+  return _CACHE_BYTES[key]
+
+
 def check_length(model: nnx.Module, batch: int, length: int, *, max_new_bytes: int,
                  encoded: dict | None = None) -> None:
   """Raises ValueError for max_new_bytes < 1 or a cache of `batch` x `length` positions
   that would not fit in memory (memory_limit)."""
   if max_new_bytes < 1:
     raise ValueError(f"max_new_bytes={max_new_bytes}: ask for at least 1 byte")
-  cache = jax.eval_shape(lambda: model.init_cache(batch, length) if encoded is None
-                         else model.init_cache(batch, length, encoded))
-  need = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(cache))
+  need = _cache_bytes(StaticGraph(nnx.graphdef(model)), batch, length,
+                     None if encoded is None else jax.tree.map(jax.typeof, encoded), model, encoded)
   if need > memory_limit():
     fits = max(1, int(length * memory_limit() / need) - (length - max_new_bytes))
     raise ValueError(f"max_new_bytes={max_new_bytes} for {batch} prompt(s) needs a "

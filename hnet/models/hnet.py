@@ -205,9 +205,11 @@ class HNet(nnx.Module):
     heads = per_stage(cfg.num_heads, S + 1, "num_heads")
     mlp = per_stage(cfg.mlp_dim, S + 1, "mlp_dim")
     windows = per_stage(cfg.window, S + 1, "window")
-    self.target_ratio = [float(r) for r in per_stage(cfg.target_ratio, S, "target_ratio")] if S else []
-    self.capacity_factor = [float(f) for f in per_stage(cfg.capacity_factor, S, "capacity_factor")] \
-        if S else []
+    # tuples, not lists: the model's GraphDef stays hashable (hnet/generate.py keys on it)
+    self.target_ratio = tuple(float(r) for r in per_stage(cfg.target_ratio, S, "target_ratio")
+                              ) if S else ()
+    self.capacity_factor = tuple(float(f) for f in
+                                 per_stage(cfg.capacity_factor, S, "capacity_factor")) if S else ()
     self.ratio_loss_weight = float(cfg.ratio_loss_weight)
     self.implementation = cfg.get("implementation", "jnp")
     self.interpret = bool(cfg.get("interpret", False))

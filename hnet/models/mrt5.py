@@ -45,6 +45,8 @@ batch)); cache = model.init_cache(B, max_len, encoded) -- the cache holds the en
 output, its cross-attention keys/values per decoder layer and the validity/gate bias of
 the memory; then logits [B, V], cache = model.decode_step(cache, ids [B]). In cached
 decoding each row is one document and attends to every real (segment > 0) encoder slot.
+The encoder is the one pass over the source; the decoder has no `prefill`: its prompt
+is BOS (and the first sentinel for span corruption), which hnet/generate.py steps.
 """
 from __future__ import annotations
 
