@@ -1,10 +1,31 @@
-"""Test setup: 8 simulated CPU devices, set before JAX is imported anywhere."""
+"""Test setup: 8 simulated CPU devices, set before JAX is imported anywhere.
+
+XLA compiles are most of the suite's time, and many tests compile the same programs (the
+tiny configs' train steps, in this process and in the tools' subprocesses). One
+persistent compilation cache per pytest run, a fresh temporary directory, serves them all:
+each run starts cold, so its time is what a clean clone takes. The environment variables
+reach the subprocesses; pytest-xdist workers share the controller's directory.
+HNET_TEST_JAX_CACHE=<dir> keeps the cache across runs instead.
+"""
+import atexit
 import os
+import shutil
 import sys
+import tempfile
 
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
                            " --xla_force_host_platform_device_count=8").strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+  if os.environ.get("HNET_TEST_JAX_CACHE"):
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = os.environ["HNET_TEST_JAX_CACHE"]
+  else:
+    _cache_dir = tempfile.mkdtemp(prefix="hnet-test-jax-cache-")
+    atexit.register(shutil.rmtree, _cache_dir, ignore_errors=True)
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = _cache_dir
+# every compile is cached, however short or small
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import jax  # noqa: E402
@@ -14,3 +35,12 @@ jax.config.update("jax_default_matmul_precision", "highest")
 
 def pytest_configure(config):
   config.addinivalue_line("markers", "slow: takes more than ~20 s on 2 CPU cores")
+
+
+def pytest_runtest_logreport(report):
+  """HNET_TEST_TIMES=<file>: append "<seconds> <phase> <test id>" as each phase ends, so
+  a run that is stopped early still says where its time went."""
+  path = os.environ.get("HNET_TEST_TIMES")
+  if path:
+    with open(path, "a") as f:
+      f.write(f"{report.duration:9.2f} {report.when:8s} {report.outcome:7s} {report.nodeid}\n")

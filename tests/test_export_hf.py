@@ -14,55 +14,20 @@ import shutil
 import subprocess
 import sys
 import textwrap
-import types
 
 import numpy as np
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-LOGIT_ATOL = 1e-4  # the issue's bound; float32 matmuls in torch and XLA sum in other orders
-TEXT = [
-    "ROMEO: But soft, what light through yonder window breaks? It is the east. ",
-    "JULIET: O Romeo, Romeo, wherefore art thou Romeo? Deny thy father. ",
-    "HAMLET: To be, or not to be, that is the question. Whether 'tis nobler. ",
-    "Of man's first disobedience, and the fruit of that forbidden tree. ",
-    "All the world's a stage, and all the men and women merely players. ",
-]
-PROMPTS = [b"ROMEO:", b"To be, or not", b"All the world"]  # rows of different lengths
+from tests.export_helpers import (LOGIT_ATOL, PROMPTS, ROOT, SHAKESPEARE as TEXT, hf_model, jax_model, run_tool,
+                                  shrink as _shrunk, train_and_export as _train_and_export,
+                                  until_eos as _until_eos, write_corpus)
+
 NEW_TOKENS = 64
 
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
-  directory = tmp_path_factory.mktemp("export_corpus")
-  rng = np.random.default_rng(0)
-  for i in range(20):
-    text = "".join(TEXT[j] for j in rng.integers(0, len(TEXT), 24))
-    (directory / f"doc{i:02d}.txt").write_bytes(text.encode())
-  return str(directory)
-
-
-def _shrunk(module_name: str, corpus: str, steps: int, **model):
-  import importlib
-  config = importlib.import_module(f"configs.{module_name}").get_config()
-  config.data.update(source="files", path=corpus, eval_fraction=0.2)
-  config.train.update(steps=steps, batch_size=8, warmup_steps=5, log_every=steps, eval_every=0,
-                      eval_batches=2, lr=1e-2)
-  config.checkpoint.update(every=steps, async_save=False)
-  config.mesh.data = -1
-  config.model.update(model)
-  return config
-
-
-def _train_and_export(tmp_path_factory, name: str, config):
-  from hnet import loop
-  from hnet.export import export_run
-  root = tmp_path_factory.mktemp(name)
-  workdir, hf_dir = str(root / "run"), str(root / "hf")
-  loop.run(config, workdir)
-  result = export_run(workdir, hf_dir)
-  return types.SimpleNamespace(name=name, workdir=workdir, hf=hf_dir, export=result,
-                               config=config)
+  return write_corpus(tmp_path_factory.mktemp("export_corpus"))
 
 
 @pytest.fixture(scope="module")
@@ -104,19 +69,15 @@ FAMILIES = ["byte_run", "bpe_run", "byt5_run", "window_run"]
 
 
 def _jax_model(run):
-  from hnet.runs import load_model
-  model, _, step = load_model(run.workdir)
-  return model, step
+  return jax_model(run.workdir)
 
 
 def _hf_model(run, trust_remote_code=None):
   import torch
-  from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM
   torch.manual_seed(0)
   encoder_decoder = run.config.model.name == "byt5"
-  auto = AutoModelForSeq2SeqLM if encoder_decoder else AutoModelForCausalLM
   trust = encoder_decoder if trust_remote_code is None else trust_remote_code
-  return auto.from_pretrained(run.hf, trust_remote_code=trust).eval()
+  return hf_model(run.hf, seq2seq=encoder_decoder, trust_remote_code=trust)
 
 
 def _tokenizer(run, padding_side="right"):
@@ -216,13 +177,6 @@ def _hf_greedy(run):
   return [bytes(_until_eos(r, eos, pad)) for r in new]
 
 
-def _until_eos(ids, eos, pad):
-  ids = list(ids)
-  ids = ids[:ids.index(eos)] if eos in ids else ids
-  assert pad not in ids
-  return ids
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("family", FAMILIES)
 def test_greedy_generate_equals_hnet_sampling(family, request):
@@ -274,15 +228,11 @@ def test_import_cli_gives_a_run_that_sample_tool_and_init_from_accept(byte_run, 
   from hnet.train import abstract_model
   from flax import nnx
   imported = str(tmp_path / "imported")
-  env = {**os.environ, "XLA_FLAGS": "", "JAX_PLATFORMS": "cpu"}
-  proc = subprocess.run([sys.executable, "tools/import_hf.py", f"--hf={byte_run.hf}",
-                         f"--config={byte_run.workdir}/config.json", f"--workdir={imported}"],
-                        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
-  assert proc.returncode == 0, proc.stderr[-2000:]
-  cmd = [sys.executable, "tools/sample.py", f"--workdir={imported}", "--temperature=0",
-         f"--max_new_bytes={NEW_TOKENS}"] + [f"--prompt={p.decode()}" for p in PROMPTS]
-  proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
-  assert proc.returncode == 0, proc.stderr[-2000:]
+  run_tool(["tools/import_hf.py", f"--hf={byte_run.hf}", f"--config={byte_run.workdir}/config.json",
+            f"--workdir={imported}"], timeout=300)
+  proc = run_tool(["tools/sample.py", f"--workdir={imported}", "--temperature=0",
+                   f"--max_new_bytes={NEW_TOKENS}"] + [f"--prompt={p.decode()}" for p in PROMPTS],
+                  timeout=300)
   for prompt, new in zip(PROMPTS, _hf_greedy(byte_run)):
     assert (prompt + new).decode("utf-8", "replace") in proc.stdout
   abstract = nnx.to_pure_dict(nnx.state(abstract_model(byte_run.config.model), nnx.Param))

@@ -11,20 +11,13 @@ import shutil
 import subprocess
 import sys
 import textwrap
-import types
 
 import numpy as np
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-LOGIT_ATOL = 1e-4  # the issue's bound; float32 matmuls in torch and XLA sum in other orders
-TEXT = [
-    "ROMEO: But soft, what light through yonder window breaks? It is the east. ",
-    "JULIET: O Romeo, Romeo, wherefore art thou Romeo? Deny thy father. ",
-    "HAMLET: To be, or not to be, that is the question. Whether 'tis nobler. ",
-    "Of man's first disobedience, and the fruit of that forbidden tree. ",
-    "All the world's a stage, and all the men and women merely players. ",
-]
+from tests.export_helpers import (LOGIT_ATOL, ROOT, hf_model, jax_model, run_tool, shrink,
+                                  train_and_export, write_corpus)
+
 SPAN_SOURCES = [b"To be, or <X> to be", b"Hi <X>",
                 b"All the world's a <X>, and all the men and <X> merely players."]
 PREFIX_SOURCES = [b"ROMEO: But soft,", b"To be, or not", b"All the world's a stage, and all"]
@@ -35,40 +28,19 @@ GATE_TENSORS = {"encoder.delete_gate.layer_norm.weight", "encoder.delete_gate.we
 
 @pytest.fixture(scope="module")
 def mrt5_run(tmp_path_factory):
-  from hnet import loop
-  from hnet.export import export_run
-  import configs.mrt5_tiny
-  corpus = tmp_path_factory.mktemp("export_mrt5_corpus")
-  rng = np.random.default_rng(0)
-  for i in range(20):
-    text = "".join(TEXT[j] for j in rng.integers(0, len(TEXT), 24))
-    (corpus / f"doc{i:02d}.txt").write_bytes(text.encode())
-  config = configs.mrt5_tiny.get_config()
-  config.data.update(source="files", path=str(corpus), eval_fraction=0.2, seq_len=64,
-                     decoder_seq_len=32)
-  config.train.update(steps=60, batch_size=8, warmup_steps=5, log_every=60, eval_every=0,
-                      eval_batches=2, lr=1e-2)
-  config.checkpoint.update(every=60, async_save=False)
-  config.mesh.data = -1
-  config.model.update(dim=32, num_encoder_layers=3, num_decoder_layers=2, num_heads=4,
-                      head_dim=8, mlp_dim=64, rel_buckets=8, rel_max_distance=20, gate_layer=2)
-  root = tmp_path_factory.mktemp("mrt5")
-  workdir, hf_dir = str(root / "run"), str(root / "mrt5_hf")
-  loop.run(config, workdir)
-  result = export_run(workdir, hf_dir)
-  return types.SimpleNamespace(name="mrt5", workdir=workdir, hf=hf_dir, export=result,
-                               config=config)
+  corpus = write_corpus(tmp_path_factory.mktemp("export_mrt5_corpus"))
+  config = shrink("mrt5_tiny", corpus, 60, data=dict(seq_len=64, decoder_seq_len=32), dim=32,
+                  num_encoder_layers=3, num_decoder_layers=2, num_heads=4, head_dim=8,
+                  mlp_dim=64, rel_buckets=8, rel_max_distance=20, gate_layer=2)
+  return train_and_export(tmp_path_factory, "mrt5", config)
 
 
 def _jax_model(run):
-  from hnet.runs import load_model
-  model, _, step = load_model(run.workdir)
-  return model, step
+  return jax_model(run.workdir)
 
 
 def _hf_model(run):
-  from transformers import AutoModelForSeq2SeqLM
-  return AutoModelForSeq2SeqLM.from_pretrained(run.hf, trust_remote_code=True).eval()
+  return hf_model(run.hf, seq2seq=True)
 
 
 def _batch(sources=SPAN_SOURCES, objective="span_corruption"):
@@ -155,13 +127,10 @@ def _hf_generate(run, sources, objective, hard):
 
 
 def _sample_tool(run, sources, objective, hard):
-  cmd = [sys.executable, "tools/sample.py", f"--workdir={run.workdir}", "--temperature=0",
-         f"--max_new_bytes={NEW_BYTES}", f"--objective={objective}"]
-  cmd += ["--hard_deletion"] * hard + [f"--prompt={s.decode()}" for s in sources]
-  env = {**os.environ, "XLA_FLAGS": "", "JAX_PLATFORMS": "cpu"}
-  proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, timeout=600)
-  assert proc.returncode == 0, proc.stderr[-2000:]
-  return proc.stdout.decode("utf-8", "replace")
+  args = ["tools/sample.py", f"--workdir={run.workdir}", "--temperature=0",
+          f"--max_new_bytes={NEW_BYTES}", f"--objective={objective}"]
+  args += ["--hard_deletion"] * hard + [f"--prompt={s.decode()}" for s in sources]
+  return run_tool(args, text=False).stdout.decode("utf-8", "replace")
 
 
 @pytest.mark.slow
@@ -205,14 +174,11 @@ def test_round_trip_is_bit_identical(mrt5_run, tmp_path):
   from flax import nnx
   from hnet.export.family import flatten_params
   imported = str(tmp_path / "imported")
-  proc = subprocess.run([sys.executable, "tools/import_hf.py", f"--hf={mrt5_run.hf}",
-                         f"--config={mrt5_run.workdir}/config.json", f"--workdir={imported}"],
-                        cwd=ROOT, env={**os.environ, "XLA_FLAGS": "", "JAX_PLATFORMS": "cpu"},
-                        capture_output=True, text=True, timeout=600)
-  assert proc.returncode == 0, proc.stderr[-2000:]
+  run_tool(["tools/import_hf.py", f"--hf={mrt5_run.hf}", f"--config={mrt5_run.workdir}/config.json",
+            f"--workdir={imported}"])
   params = []
   for workdir in (mrt5_run.workdir, imported):
-    model, step = _jax_model(types.SimpleNamespace(workdir=workdir))
+    model, step = jax_model(workdir)
     params.append((step, flatten_params(nnx.to_pure_dict(nnx.state(model, nnx.Param)))))
   (step_a, a), (step_b, b) = params
   assert step_a == step_b and set(a) == set(b)

@@ -14,21 +14,14 @@ import shutil
 import subprocess
 import sys
 import textwrap
-import types
 
 import numpy as np
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-LOGIT_ATOL = 1e-4  # the issue's bound; float32 matmuls in torch and XLA sum in other orders
-TEXT = [
-    "ROMEO: But soft, what light through yonder window breaks? It is the east. ",
-    "JULIET: O Romeo, Romeo, wherefore art thou Romeo? Deny thy father. ",
-    "HAMLET: To be, or not to be, that is the question. Whether 'tis nobler. ",
-    "Of man's first disobedience, and the fruit of that forbidden tree. ",
-    "All the world's a stage, and all the men and women merely players. ",
-]
-PROMPTS = [b"ROMEO:", b"To be, or not", b"All the world"]  # rows of different lengths
+from tests.export_helpers import (LOGIT_ATOL, PROMPTS, ROOT, hf_model, jax_model,
+                                  run_tool, shrink, train_and_export as _train_and_export,
+                                  write_corpus)
+
 # Rows of different lengths with the splitter's late boundaries (HTTPSe, an incomplete
 # then complete multi-byte character), camelCase, whitespace runs and a long word.
 LOGIT_ROWS = PROMPTS + [b"JULIET: O Romeo, Romeo, wherefore art thou",
@@ -39,36 +32,12 @@ NEW_BYTES = 64
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
-  directory = tmp_path_factory.mktemp("export_words_corpus")
-  rng = np.random.default_rng(0)
-  for i in range(20):
-    text = "".join(TEXT[j] for j in rng.integers(0, len(TEXT), 24))
-    (directory / f"doc{i:02d}.txt").write_bytes(text.encode())
-  return str(directory)
+  return write_corpus(tmp_path_factory.mktemp("export_words_corpus"))
 
 
 def _shrunk(module_name: str, corpus: str, steps: int, **model):
-  config = importlib.import_module(f"configs.{module_name}").get_config()
-  config.data.update(source="files", path=corpus, eval_fraction=0.2, seq_len=64,
-                     words_per_row=32, rare_max_count=-1)
-  config.train.update(steps=steps, batch_size=8, warmup_steps=5, log_every=steps, eval_every=0,
-                      eval_batches=2, lr=1e-2)
-  config.checkpoint.update(every=steps, async_save=False)
-  config.mesh.data = -1
-  config.model.update(model)
-  return config
-
-
-def _train_and_export(tmp_path_factory, name: str, config):
-  from hnet import loop
-  from hnet.export import export_run
-  root = tmp_path_factory.mktemp(name)
-  # a distinct directory name per export: transformers names remote modules after it
-  workdir, hf_dir = str(root / "run"), str(root / f"{name}_hf")
-  loop.run(config, workdir)
-  result = export_run(workdir, hf_dir)
-  return types.SimpleNamespace(name=name, workdir=workdir, hf=hf_dir, export=result,
-                               config=config)
+  return shrink(module_name, corpus, steps, data=dict(seq_len=64, words_per_row=32,
+                                                      rare_max_count=-1), **model)
 
 
 @pytest.fixture(scope="module")
@@ -106,14 +75,11 @@ FAMILIES = ["hat_run", "lyt_run", "byte2word_run"]
 
 
 def _jax_model(run):
-  from hnet.runs import load_model
-  model, _, step = load_model(run.workdir)
-  return model, step
+  return jax_model(run.workdir)
 
 
 def _hf_model(run):
-  from transformers import AutoModelForCausalLM
-  return AutoModelForCausalLM.from_pretrained(run.hf, trust_remote_code=True).eval()
+  return hf_model(run.hf)
 
 
 def _tokenizer(run, padding_side="right"):
@@ -180,11 +146,9 @@ def test_greedy_generate_equals_sample_tool(family, request):
   different lengths (left-padded in transformers)."""
   run = request.getfixturevalue(family)
   theirs = _hf_greedy(run)
-  cmd = [sys.executable, "tools/sample.py", f"--workdir={run.workdir}", "--temperature=0",
-         f"--max_new_bytes={NEW_BYTES}"] + [f"--prompt={p.decode()}" for p in PROMPTS]
-  env = {**os.environ, "XLA_FLAGS": "", "JAX_PLATFORMS": "cpu"}
-  proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, timeout=600)
-  assert proc.returncode == 0, proc.stderr[-2000:]
+  proc = run_tool(["tools/sample.py", f"--workdir={run.workdir}", "--temperature=0",
+                   f"--max_new_bytes={NEW_BYTES}"] + [f"--prompt={p.decode()}" for p in PROMPTS],
+                  text=False)
   printed = proc.stdout.decode("utf-8", "replace")
   print(f"\n{run.name}: " + " | ".join(repr(t[:40]) for t in theirs))
   for prompt, new in zip(PROMPTS, theirs):
@@ -195,7 +159,7 @@ def test_greedy_generate_equals_sample_tool(family, request):
 def _params(workdir):
   from flax import nnx
   from hnet.export.family import flatten_params
-  model, step = _jax_model(types.SimpleNamespace(workdir=workdir))
+  model, step = jax_model(workdir)
   return step, flatten_params(nnx.to_pure_dict(nnx.state(model, nnx.Param)))
 
 
@@ -209,11 +173,8 @@ def test_round_trip_is_bit_identical(family, request, tmp_path):
   run = request.getfixturevalue(family)
   imported = str(tmp_path / "imported")
   if family == "hat_run":
-    proc = subprocess.run([sys.executable, "tools/import_hf.py", f"--hf={run.hf}",
-                           f"--config={run.workdir}/config.json", f"--workdir={imported}"],
-                          cwd=ROOT, env={**os.environ, "XLA_FLAGS": "", "JAX_PLATFORMS": "cpu"},
-                          capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    run_tool(["tools/import_hf.py", f"--hf={run.hf}", f"--config={run.workdir}/config.json",
+              f"--workdir={imported}"])
   else:
     import_run(run.hf, os.path.join(run.workdir, "config.json"), imported)
   step_a, params_a = _params(run.workdir)

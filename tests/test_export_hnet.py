@@ -12,12 +12,12 @@ import shutil
 import subprocess
 import sys
 import textwrap
-import types
 
 import numpy as np
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests.export_helpers import ROOT, hf_model, train_and_export, until_eos, write_corpus
+
 # The issue's bound on max |HF - JAX| logits. Besides it every logit must agree to
 # rtol = atol = 1e-5 (the house float32 bound): trained logits reach |20| and more, where
 # XLA and torch, summing matmuls and scans in other orders, differ by about 1e-5 absolute.
@@ -37,12 +37,8 @@ ROWS = [b"Of man's first disobedience, and the fruit of that for",
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
-  directory = tmp_path_factory.mktemp("hnet_export_corpus")
-  rng = np.random.default_rng(0)
-  for i in range(24):
-    text = "".join(SENTENCES[j] for j in rng.integers(0, len(SENTENCES), 30))
-    (directory / f"doc{i:02d}.txt").write_bytes(text.encode())
-  return str(directory)
+  return write_corpus(tmp_path_factory.mktemp("hnet_export_corpus"), SENTENCES, documents=24,
+                      sentences_per_document=30)
 
 
 def _config(stages: int, corpus: str):
@@ -70,16 +66,9 @@ def _config(stages: int, corpus: str):
 @pytest.fixture(scope="module", params=[1, 2], ids=["1stage", "2stage"])
 def run(request, corpus, tmp_path_factory):
   """A trained tiny H-Net and its export."""
-  from hnet import loop
-  from hnet.export import export_run
   stages = request.param
-  root = tmp_path_factory.mktemp(f"hnet{stages}")
-  workdir, hf_dir = str(root / "run"), str(root / f"hnet{stages}_hf")
-  config = _config(stages, corpus)
-  loop.run(config, workdir)
-  result = export_run(workdir, hf_dir)
-  return types.SimpleNamespace(stages=stages, workdir=workdir, hf=hf_dir, export=result,
-                               config=config)
+  return train_and_export(tmp_path_factory, f"hnet{stages}", _config(stages, corpus),
+                          stages=stages)
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -99,9 +88,7 @@ def _jax_model(run, capacity_factor=None):
 
 
 def _hf_model(run, **config_overrides):
-  from transformers import AutoModelForCausalLM
-  return AutoModelForCausalLM.from_pretrained(run.hf, trust_remote_code=True,
-                                              **config_overrides).eval()
+  return hf_model(run.hf, **config_overrides)
 
 
 def _rows_batch(rows, padding_side: str):
@@ -253,13 +240,6 @@ def test_export_loads_in_a_fresh_process_outside_the_project(run, fresh):
   _assert_logits_match(fresh["logits"], ours, real)
 
 
-def _until_eos(ids, eos=258, pad=256):
-  ids = list(ids)
-  ids = ids[:ids.index(eos)] if eos in ids else ids
-  assert pad not in ids
-  return bytes(ids)
-
-
 @pytest.mark.slow
 def test_greedy_generate_equals_sample_tool(run, fresh):
   """transformers' greedy generate() (fresh process, batched, left padded, a cache at
@@ -267,7 +247,7 @@ def test_greedy_generate_equals_sample_tool(run, fresh):
   from hnet import bytes as hbytes
   from hnet import generate as hgenerate
   assert fresh["prompt_ids"][-1][-2:] == [hbytes.BOS_ID, PROMPTS[-1][0]]  # <bos> + bytes
-  theirs = [_until_eos(row) for row in fresh["new"]]
+  theirs = [bytes(until_eos(row, eos=258, pad=256)) for row in fresh["new"]]
   ours = hgenerate.generate(_jax_model(run), PROMPTS, max_new_bytes=NEW_BYTES, temperature=0)
   print(f"\nH-Net {run.stages}-stage greedy: " + " | ".join(repr(t[:32]) for t in ours))
   assert theirs == ours
