@@ -11,5 +11,12 @@ PYTHON=${PYTHON:-python3}
 if [ ! -x .venv-aot/bin/python ]; then
   "$PYTHON" -m venv .venv-aot
 fi
+# A stamp of the requirements it was installed from: when they have not changed, pip is
+# not run again (tests/test_aot.py calls this script before its compiles).
+stamp=$(cat requirements-aot.txt requirements.txt | sha256sum | cut -d' ' -f1)
+if [ "$(cat .venv-aot/.requirements-stamp 2>/dev/null)" = "$stamp" ]; then
+  exit 0
+fi
 .venv-aot/bin/python -m pip install -q --upgrade pip
 .venv-aot/bin/python -m pip install -q -r requirements-aot.txt
+echo "$stamp" > .venv-aot/.requirements-stamp
