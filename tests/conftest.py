@@ -39,8 +39,12 @@ def pytest_configure(config):
 
 def pytest_runtest_logreport(report):
   """HNET_TEST_TIMES=<file>: append "<seconds> <phase> <test id>" as each phase ends, so
-  a run that is stopped early still says where its time went."""
+  a run that is stopped early still says where its time went (under xdist the controller
+  writes every worker's reports; `report.node` is the worker, "-" without xdist)."""
   path = os.environ.get("HNET_TEST_TIMES")
-  if path:
+  if path and not os.environ.get("PYTEST_XDIST_WORKER"):  # xdist: the controller writes
     with open(path, "a") as f:
-      f.write(f"{report.duration:9.2f} {report.when:8s} {report.outcome:7s} {report.nodeid}\n")
+      worker = getattr(getattr(report, "node", None), "gateway", None)
+      worker = worker.id if worker else "-"
+      f.write(f"{report.duration:9.2f} {report.when:8s} {report.outcome:7s} {worker:3s} "
+              f"{report.nodeid}\n")
