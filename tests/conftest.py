@@ -9,6 +9,7 @@ HNET_TEST_JAX_CACHE=<dir> keeps the cache across runs instead.
 """
 import atexit
 import os
+import resource
 import shutil
 import sys
 import tempfile
@@ -29,6 +30,7 @@ os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import jax  # noqa: E402
+import pytest  # noqa: E402
 
 jax.config.update("jax_default_matmul_precision", "highest")
 
@@ -37,8 +39,32 @@ def pytest_configure(config):
   config.addinivalue_line("markers", "slow: takes more than ~20 s on 2 CPU cores")
 
 
+def _cpu_seconds() -> float:
+  """User + system CPU seconds of this process and its finished subprocesses."""
+  own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+  return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
+_phase_start_cpu = [0.0]
+
+
+def pytest_runtest_logstart(nodeid, location):
+  _phase_start_cpu[0] = _cpu_seconds()
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+  """Each phase's report carries the CPU seconds it took (all threads, subprocesses
+  included): unlike wall time, about the same on a loaded machine."""
+  outcome = yield
+  now = _cpu_seconds()
+  outcome.get_result().user_properties.append(("cpu_seconds", now - _phase_start_cpu[0]))
+  _phase_start_cpu[0] = now
+
+
 def pytest_runtest_logreport(report):
-  """HNET_TEST_TIMES=<file>: append "<seconds> <phase> <test id>" as each phase ends, so
+  """HNET_TEST_TIMES=<file>: append "<wall s> <CPU s> <phase> <outcome> <worker> <test id>"
+  as each phase ends, so
   a run that is stopped early still says where its time went (under xdist the controller
   writes every worker's reports; `report.node` is the worker, "-" without xdist)."""
   path = os.environ.get("HNET_TEST_TIMES")
@@ -46,5 +72,6 @@ def pytest_runtest_logreport(report):
     with open(path, "a") as f:
       worker = getattr(getattr(report, "node", None), "gateway", None)
       worker = worker.id if worker else "-"
-      f.write(f"{report.duration:9.2f} {report.when:8s} {report.outcome:7s} {worker:3s} "
-              f"{report.nodeid}\n")
+      cpu = dict(report.user_properties).get("cpu_seconds", float("nan"))
+      f.write(f"{report.duration:9.2f} {cpu:9.2f} {report.when:8s} {report.outcome:7s} "
+              f"{worker:3s} {report.nodeid}\n")
