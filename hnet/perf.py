@@ -1,6 +1,7 @@
 """Throughput helpers: a measured matmul peak and compiled-step FLOP / memory figures."""
 from __future__ import annotations
 
+import math
 import time
 from typing import Any
 
@@ -20,6 +21,30 @@ def measure_matmul_peak(n: int = 2048, repeats: int = 5, dtype=jnp.float32) -> f
     matmul(a, b).block_until_ready()
     best = min(best, time.perf_counter() - start)
   return 2 * n ** 3 / best
+
+
+def transformer_model_flops(params, *, num_layers: int, dim: int, seq_len: int,
+                            tokens: int) -> float:
+  """FLOPs of one train step of a Transformer by the standard model-FLOPs count (as MFU is
+  usually defined, PaLM appendix B): 6 x parameters x tokens for the weight matmuls
+  (forward 2, backward 4), plus 12 x layers x dim x seq_len per token for the attention
+  scores and their weighted sum (full L x L, causal masking not discounted). `params`
+  is the parameter tree (arrays or ShapeDtypeStructs); the input embedding table is a
+  lookup, not a matmul, and is left out (a tied table counts once, as the head)."""
+  count = 0
+  for path, leaf in _flat(params):
+    if "embedding" in path and "head" not in path:
+      continue
+    count += math.prod(leaf.shape)
+  tied = not any("head" in path for path, _ in _flat(params))
+  if tied:  # the embedding table is also the output projection: count it once
+    count += sum(math.prod(leaf.shape) for path, leaf in _flat(params) if "embedding" in path)
+  return 6.0 * count * tokens + 12.0 * num_layers * dim * seq_len * tokens
+
+
+def _flat(tree) -> list[tuple[str, Any]]:
+  return [("/".join(str(getattr(k, "key", k)) for k in path), leaf)
+          for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]]
 
 
 def compiled_flops(compiled) -> float:

@@ -5,8 +5,10 @@
 
 Sections:
   peak      f32 matmul FLOP/s (2048^3), the reference for every ratio below
-  baseline  byte Transformer train step: bytes/s, model FLOP/s (XLA cost analysis of
-            the compiled step), fraction of the matmul peak
+  baseline  byte Transformer train step at widths 128 (tiny) and 512, on 1 and 2
+            simulated CPU devices (batch split): model FLOP/s by the standard count
+            (6 x params x tokens + attention) and by XLA's cost analysis, each as a
+            fraction of the matmul peak re-measured before every repeat
   memory    compiled train step on 8 simulated devices: per-device parameter +
             optimizer bytes with fsdp=8 vs 1 device (ratio)
   hnet      tiny H-Net train bytes/s vs a byte Transformer of the same width and depth;
@@ -36,7 +38,8 @@ import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
 
 from hnet import sharding  # noqa: E402
-from hnet.perf import compiled_flops, compiled_memory, measure_matmul_peak  # noqa: E402
+from hnet.perf import (compiled_flops, compiled_memory, measure_matmul_peak,  # noqa: E402
+                       transformer_model_flops)
 from hnet.testing import packed_byte_batch  # noqa: E402
 from hnet.train import init_state, jit_train_step, make_setup  # noqa: E402
 
@@ -45,6 +48,12 @@ flags.DEFINE_list("sections", ["peak", "baseline", "memory", "hnet", "ssd", "wor
 flags.DEFINE_string("mrt5_workdir", "runs/compare/mrt5_tiny", "trained MrT5 run for the mrt5 section")
 flags.DEFINE_string("config", "configs/transformer_tiny.py", "baseline config file")
 flags.DEFINE_integer("steps", 10, "timed steps per measurement")
+flags.DEFINE_integer("repeats", 3, "baseline: repeats of (peak, steps) per variant")
+flags.DEFINE_list("baseline_widths", ["128", "512"], "baseline: model widths to time")
+flags.DEFINE_integer("baseline_batch_wide", 16, "baseline: rows per step at widths other "
+                     "than the config's")
+flags.DEFINE_list("baseline_devices", ["1", "2"], "baseline: data-parallel device counts "
+                  "(simulated CPU devices) to time each width on")
 flags.DEFINE_string("json", "", "also write the results to this file")
 flags.DEFINE_string("splitter_reference_python", "", "splitter section: python of a scratch venv "
                     "with hat-splitter installed, to compare with (e.g. /tmp/hatsplit/bin/python)")
@@ -59,21 +68,36 @@ def load_config(path: str):
   return module.get_config()
 
 
-def time_train_step(config, batch, steps: int, devices=None) -> dict:
-  """Compiles the train step on a 1-device mesh and times `steps` steps."""
-  mesh = sharding.make_mesh(1, 1, 1, devices=(devices or jax.devices()[:1]))
+def compile_train_step(config, batch, devices: int = 1):
+  """The config's train step compiled with the batch split over `devices` (data parallel).
+  Returns (run, compiled): run(steps) times `steps` steps and returns seconds per step."""
+  mesh = sharding.make_mesh(devices, 1, 1, devices=jax.devices()[:devices])
+  config.mesh.data = devices
   setup = make_setup(config, mesh)
-  state = init_state(setup)
+  holder = {"state": init_state(setup)}
   with jax.set_mesh(mesh):
-    compiled = jit_train_step(setup, batch).lower(state, batch).compile()
-    state, metrics = compiled(state, batch)
-    jax.block_until_ready(metrics)
-    start = time.perf_counter()
-    for _ in range(steps):
-      state, metrics = compiled(state, batch)
-    jax.block_until_ready(metrics)
-  seconds = (time.perf_counter() - start) / steps
-  flops = compiled_flops(compiled)
+    placed = {k: jax.device_put(v, s) for (k, v), s in
+              zip(batch.items(), setup.batch_sharding(batch).values())}
+    compiled = jit_train_step(setup, placed).lower(holder["state"], placed).compile()
+
+  def run(steps: int) -> float:
+    with jax.set_mesh(mesh):
+      holder["state"], metrics = compiled(holder["state"], placed)  # warm
+      jax.block_until_ready(metrics)
+      start = time.perf_counter()
+      for _ in range(steps):
+        holder["state"], metrics = compiled(holder["state"], placed)
+      jax.block_until_ready(metrics)
+    return (time.perf_counter() - start) / steps
+  run.setup = setup
+  return run, compiled
+
+
+def time_train_step(config, batch, steps: int, devices: int = 1) -> dict:
+  """Compiles the train step on a `devices`-device mesh and times `steps` steps."""
+  run, compiled = compile_train_step(config, batch, devices)
+  seconds = run(steps)
+  flops = compiled_flops(compiled) * devices  # cost_analysis counts one device's program
   return {"step_seconds": seconds, "bytes_per_s": float(np.sum(batch["loss_mask"])) / seconds,
           "model_flops_per_s": flops / seconds, "step_flops": flops}
 
@@ -83,15 +107,65 @@ def section_peak(results):
   return {"matmul_peak_gflops": results["peak_flops_per_s"] / 1e9}
 
 
+def baseline_variants() -> list[tuple[str, object]]:
+  """(label, config) for each width in --baseline_widths: the baseline config at that
+  width (mlp 3x, 64-wide heads above 128), rows from --baseline_batch_512 above 128."""
+  out = []
+  for width in FLAGS.baseline_widths:
+    config = load_config(FLAGS.config)
+    width = int(width)
+    if width != config.model.dim:
+      config.model.dim, config.model.mlp_dim = width, 3 * width
+      config.model.num_heads = config.model.num_kv_heads = max(width // 64, 1)
+      config.train.batch_size = FLAGS.baseline_batch_wide
+    out.append((f"d{width}", config))
+  return out
+
+
 def section_baseline(results):
-  config = load_config(FLAGS.config)
-  batch = packed_byte_batch(0, config.train.batch_size, config.data.seq_len)
-  r = time_train_step(config, batch, FLAGS.steps)
-  results["baseline"] = r
-  peak = results.get("peak_flops_per_s") or measure_matmul_peak(2048)
-  return {"baseline_bytes_per_s": r["bytes_per_s"],
-          "baseline_model_gflops_per_s": r["model_flops_per_s"] / 1e9,
-          "baseline_fraction_of_peak": r["model_flops_per_s"] / peak}
+  """Byte Transformer train step: model FLOP/s by the standard count (6 x params x tokens
+  + attention) and by XLA's cost analysis, each as a fraction of the f32 matmul peak.
+  The peak is re-measured before every repeat and each repeat's steps are divided by the
+  peak measured just before them (the host is shared: both move with load)."""
+  devices = [int(d) for d in FLAGS.baseline_devices]
+  runs = []
+  for label, config in baseline_variants():
+    batch = packed_byte_batch(0, config.train.batch_size, config.data.seq_len)
+    for n in devices:
+      if config.train.batch_size % n:
+        continue
+      run, compiled = compile_train_step(config, batch, n)
+      params = run.setup.abstract_state["params"]
+      standard = transformer_model_flops(
+          params, num_layers=config.model.num_layers, dim=config.model.dim,
+          seq_len=config.data.seq_len, tokens=config.train.batch_size * config.data.seq_len)
+      runs.append({"label": f"{label}_{n}dev", "run": run, "standard_flops": standard,
+                   "xla_flops": compiled_flops(compiled) * n,
+                   "bytes": float(np.sum(batch["loss_mask"])), "fractions": [], "xla_fractions": [],
+                   "step_seconds": [], "peaks": []})
+  for _ in range(FLAGS.repeats):
+    for r in runs:
+      peak = measure_matmul_peak(2048, repeats=3)
+      seconds = r["run"](FLAGS.steps)
+      r["peaks"].append(peak)
+      r["step_seconds"].append(seconds)
+      r["fractions"].append(r["standard_flops"] / seconds / peak)
+      r["xla_fractions"].append(r["xla_flops"] / seconds / peak)
+  out, detail = {"load_average_1min": os.getloadavg()[0]}, {}
+  for r in runs:
+    label = r.pop("label")
+    del r["run"]
+    detail[label] = r
+    median = float(np.median(r["fractions"]))
+    out[f"baseline_{label}_bytes_per_s"] = r["bytes"] / float(np.median(r["step_seconds"]))
+    out[f"baseline_{label}_model_fraction_of_peak"] = median
+    out[f"baseline_{label}_model_fraction_spread"] = (f"{min(r['fractions']):.3f}-"
+                                                      f"{max(r['fractions']):.3f}")
+    out[f"baseline_{label}_xla_fraction_of_peak"] = float(np.median(r["xla_fractions"]))
+    out[f"baseline_{label}_xla_over_model_flops"] = r["xla_flops"] / r["standard_flops"]
+    out[f"baseline_{label}_peak_gflops"] = float(np.median(r["peaks"])) / 1e9
+  results["baseline"] = detail
+  return out
 
 
 def state_bytes_per_device(setup) -> float:
@@ -150,12 +224,22 @@ def section_hnet(results):
   transformer = load_config("configs/transformer_tiny.py")
   transformer.model.dim, transformer.model.num_layers = 128, 6
   transformer.data.seq_len, transformer.train.batch_size = hnet_config.data.seq_len, hnet_config.train.batch_size
-  reference = time_train_step(transformer, real_batch(transformer), FLAGS.steps)
-  hnet = relative_throughput("configs/hnet_1stage_tiny.py", reference)
+  hnet_batch, reference_batch = real_batch(hnet_config), real_batch(transformer)
+  hnet_run, _ = compile_train_step(hnet_config, hnet_batch)
+  reference_run, _ = compile_train_step(transformer, reference_batch)
+  ratios, hnet_rates = [], []
+  for _ in range(FLAGS.repeats):  # interleaved: both move with the host's load
+    reference_rate = float(np.sum(reference_batch["loss_mask"])) / reference_run(FLAGS.steps)
+    hnet_rates.append(float(np.sum(hnet_batch["loss_mask"])) / hnet_run(FLAGS.steps))
+    ratios.append(hnet_rates[-1] / reference_rate)
+  hnet = {"bytes_per_s": float(np.median(hnet_rates)), "ratio": float(np.median(ratios)),
+          "ratios": ratios}
+  reference = {"bytes_per_s": float(np.median(hnet_rates)) / float(np.median(ratios))}
   routing = kernels.benchmark_routing(8, 2048, 512, "jnp", iters=3)
   results["hnet"] = {"reference": reference, "hnet": hnet, "routing": routing}
   summary = {"hnet_train_bytes_per_s": hnet["bytes_per_s"],
              "hnet_vs_transformer_same_width_depth": hnet["ratio"],
+             "hnet_vs_transformer_spread": f"{min(ratios):.3f}-{max(ratios):.3f}",
              "routing_path_fwd_bwd_s_8x2048x512": routing["path_s"],
              "routing_floor_s_two_projections": routing["floor_s"],
              "routing_path_over_floor": routing["ratio"]}

@@ -45,13 +45,20 @@ def softmax1(logits: jax.Array, axis: int = -1) -> jax.Array:
 
 def attend(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array,
            logit_bias: jax.Array | None = None, *, use_softmax1: bool = False) -> jax.Array:
-  """q [B, L, H, Dh], k/v [B, S, K, Dh], mask [B, 1|H, L, S] -> [B, L, H, Dh].
+  """q [B, L, H, Dh], k/v [B, S, K, Dh], mask [B, 1|H, L|1, S] -> [B, L, H, Dh].
 
   Softmax (or `softmax1`) in float32. `logit_bias` (broadcastable to [B, H, L, S]) is
-  added to the logits (relative position bias, soft deletion).
+  added to the logits (relative position bias, soft deletion). Without a bias and with
+  the plain softmax (every causal and bidirectional self-attention) the backward pass is
+  hand-written (`_softmax_attention`): same values, fewer passes over the [B, H, L, S]
+  scores and no transposed copies of them.
   """
   B, L, H, Dh = q.shape
   K = k.shape[2]
+  if logit_bias is None and not use_softmax1:
+    heads = lambda x: jnp.swapaxes(x, 1, 2)  # [B, T, H, Dh] <-> [B, H, T, Dh]
+    k, v = (jnp.repeat(x, H // K, axis=2) if K != H else x for x in (k, v))  # head h reads kv h // G
+    return heads(_softmax_attention(heads(q), heads(k), heads(v), mask))
   q = q.reshape(B, L, K, H // K, Dh)
   logits = jnp.einsum("blkgd,bskd->bkgls", q, k).astype(jnp.float32) * (Dh ** -0.5)
   logits = logits.reshape(B, H, L, -1)
@@ -62,6 +69,44 @@ def attend(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array,
   weights = weights.reshape(B, K, H // K, L, -1)
   out = jnp.einsum("bkgls,bskd->blkgd", weights, v)
   return out.reshape(B, L, H, Dh)
+
+
+def _softmax_forward(q, k, v, mask):
+  """q [B, H, L, Dh], k/v [B, H, S, Dh] -> (out [B, H, L, Dh], weights [B, H, L, S])."""
+  logits = jnp.einsum("bhld,bhsd->bhls", q, k).astype(jnp.float32) * (q.shape[-1] ** -0.5)
+  weights = jax.nn.softmax(jnp.where(mask, logits, NEG_INF), axis=-1).astype(v.dtype)
+  return jnp.einsum("bhls,bhsd->bhld", weights, v), weights
+
+
+@jax.custom_vjp
+def _softmax_attention(q, k, v, mask):
+  """softmax(mask(q k^T / sqrt(Dh))) v, heads-major: q [B, H, L, Dh], k/v [B, H, S, Dh]."""
+  return _softmax_forward(q, k, v, mask)[0]
+
+
+def _softmax_attention_fwd(q, k, v, mask):
+  out, weights = _softmax_forward(q, k, v, mask)
+  return out, (q, k, v, mask, weights, out)
+
+
+def _softmax_attention_bwd(residuals, d_out):
+  """With P the weights: dV = P^T dO, dS = P * (dO V^T - rowsum(dO * O)), dQ = dS K,
+  dK = dS^T Q (dS scaled by 1/sqrt(Dh), zero where masked). The products with P^T and
+  dS^T are computed transposed ([Dh, L] @ [L, S]) so the [L, S] matrices are read in
+  their own layout."""
+  q, k, v, mask, weights, out = residuals
+  scale = q.shape[-1] ** -0.5
+  d_v = jnp.swapaxes(jnp.einsum("bhld,bhls->bhds", d_out, weights), -1, -2).astype(v.dtype)
+  d_weights = jnp.einsum("bhld,bhsd->bhls", d_out, v).astype(jnp.float32)
+  row = jnp.sum(d_out.astype(jnp.float32) * out.astype(jnp.float32), axis=-1, keepdims=True)
+  d_logits = jnp.where(mask, weights.astype(jnp.float32) * (d_weights - row) * scale, 0.0)
+  d_logits = d_logits.astype(q.dtype)
+  d_q = jnp.einsum("bhls,bhsd->bhld", d_logits, k).astype(q.dtype)
+  d_k = jnp.swapaxes(jnp.einsum("bhld,bhls->bhds", q, d_logits), -1, -2).astype(k.dtype)
+  return d_q, d_k, d_v, None
+
+
+_softmax_attention.defvjp(_softmax_attention_fwd, _softmax_attention_bwd)
 
 
 def attend_cache(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array,
