@@ -4,12 +4,14 @@ Shapes: B batch, L query length, S key length, H query heads, K kv heads, Dh hea
 """
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from hnet.layers import linear
 from hnet.layers.linear import DEFAULT_STD, Dense
 from hnet.layers.rope import apply_rope
 from hnet.sharding import shard
@@ -48,65 +50,64 @@ def attend(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array,
   """q [B, L, H, Dh], k/v [B, S, K, Dh], mask [B, 1|H, L|1, S] -> [B, L, H, Dh].
 
   Softmax (or `softmax1`) in float32. `logit_bias` (broadcastable to [B, H, L, S]) is
-  added to the logits (relative position bias, soft deletion). Without a bias and with
-  the plain softmax (every causal and bidirectional self-attention) the backward pass is
-  hand-written (`_softmax_attention`): same values, fewer passes over the [B, H, L, S]
-  scores and no transposed copies of them.
+  added to the logits (relative position bias, soft deletion). The backward pass is
+  hand-written (`_attention`): the same values as autodiff, with fewer passes over the
+  [B, H, L, S] scores and no transposed copies of them.
   """
-  B, L, H, Dh = q.shape
+  H = q.shape[2]
   K = k.shape[2]
-  if logit_bias is None and not use_softmax1:
-    heads = lambda x: jnp.swapaxes(x, 1, 2)  # [B, T, H, Dh] <-> [B, H, T, Dh]
-    k, v = (jnp.repeat(x, H // K, axis=2) if K != H else x for x in (k, v))  # head h reads kv h // G
-    return heads(_softmax_attention(heads(q), heads(k), heads(v), mask))
-  q = q.reshape(B, L, K, H // K, Dh)
-  logits = jnp.einsum("blkgd,bskd->bkgls", q, k).astype(jnp.float32) * (Dh ** -0.5)
-  logits = logits.reshape(B, H, L, -1)
+  heads = lambda x: jnp.swapaxes(x, 1, 2)  # [B, T, H, Dh] <-> [B, H, T, Dh]
+  k, v = (jnp.repeat(x, H // K, axis=2) if K != H else x for x in (k, v))  # head h reads kv h // G
+  return heads(_attention(heads(q), heads(k), heads(v), mask, logit_bias, use_softmax1))
+
+
+def _attention_forward(q, k, v, mask, logit_bias, use_softmax1):
+  """q [B, H, L, Dh], k/v [B, H, S, Dh] -> (out [B, H, L, Dh], weights [B, H, L, S])."""
+  logits = jnp.einsum("bhld,bhsd->bhls", q, k).astype(jnp.float32) * (q.shape[-1] ** -0.5)
   if logit_bias is not None:
     logits = logits + logit_bias.astype(jnp.float32)
   logits = jnp.where(mask, logits, NEG_INF)
   weights = (softmax1 if use_softmax1 else jax.nn.softmax)(logits, axis=-1).astype(v.dtype)
-  weights = weights.reshape(B, K, H // K, L, -1)
-  out = jnp.einsum("bkgls,bskd->blkgd", weights, v)
-  return out.reshape(B, L, H, Dh)
-
-
-def _softmax_forward(q, k, v, mask):
-  """q [B, H, L, Dh], k/v [B, H, S, Dh] -> (out [B, H, L, Dh], weights [B, H, L, S])."""
-  logits = jnp.einsum("bhld,bhsd->bhls", q, k).astype(jnp.float32) * (q.shape[-1] ** -0.5)
-  weights = jax.nn.softmax(jnp.where(mask, logits, NEG_INF), axis=-1).astype(v.dtype)
   return jnp.einsum("bhls,bhsd->bhld", weights, v), weights
 
 
-@jax.custom_vjp
-def _softmax_attention(q, k, v, mask):
-  """softmax(mask(q k^T / sqrt(Dh))) v, heads-major: q [B, H, L, Dh], k/v [B, H, S, Dh]."""
-  return _softmax_forward(q, k, v, mask)[0]
+@functools.partial(jax.custom_vjp, nondiff_argnums=(5,))
+def _attention(q, k, v, mask, logit_bias, use_softmax1):
+  """softmax(mask(q k^T / sqrt(Dh) + bias)) v, heads-major: q [B, H, L, Dh], k/v [B, H, S, Dh]."""
+  return _attention_forward(q, k, v, mask, logit_bias, use_softmax1)[0]
 
 
-def _softmax_attention_fwd(q, k, v, mask):
-  out, weights = _softmax_forward(q, k, v, mask)
-  return out, (q, k, v, mask, weights, out)
+def _attention_fwd(q, k, v, mask, logit_bias, use_softmax1):
+  out, weights = _attention_forward(q, k, v, mask, logit_bias, use_softmax1)
+  return out, (q, k, v, mask, weights, out, logit_bias)
 
 
-def _softmax_attention_bwd(residuals, d_out):
-  """With P the weights: dV = P^T dO, dS = P * (dO V^T - rowsum(dO * O)), dQ = dS K,
-  dK = dS^T Q (dS scaled by 1/sqrt(Dh), zero where masked). The products with P^T and
-  dS^T are computed transposed ([Dh, L] @ [L, S]) so the [L, S] matrices are read in
-  their own layout."""
-  q, k, v, mask, weights, out = residuals
+def _attention_bwd(use_softmax1, residuals, d_out):
+  """With P the weights and Z the logits: dV = P^T dO, dZ = P * (dO V^T - rowsum(dO * O))
+  (zero where masked; also softmax1's, whose extra key has value 0), d_bias = dZ summed
+  to the bias's shape, dQ = dZ K / sqrt(Dh), dK = dZ^T Q / sqrt(Dh). The products with
+  P^T and dZ^T are computed transposed ([Dh, L] @ [L, S]) so the [L, S] matrices are
+  read in their own layout."""
+  del use_softmax1  # the same gradient formula for both
+  q, k, v, mask, weights, out, logit_bias = residuals
   scale = q.shape[-1] ** -0.5
   d_v = jnp.swapaxes(jnp.einsum("bhld,bhls->bhds", d_out, weights), -1, -2).astype(v.dtype)
   d_weights = jnp.einsum("bhld,bhsd->bhls", d_out, v).astype(jnp.float32)
   row = jnp.sum(d_out.astype(jnp.float32) * out.astype(jnp.float32), axis=-1, keepdims=True)
-  d_logits = jnp.where(mask, weights.astype(jnp.float32) * (d_weights - row) * scale, 0.0)
-  d_logits = d_logits.astype(q.dtype)
-  d_q = jnp.einsum("bhls,bhsd->bhld", d_logits, k).astype(q.dtype)
-  d_k = jnp.swapaxes(jnp.einsum("bhld,bhls->bhds", q, d_logits), -1, -2).astype(k.dtype)
-  return d_q, d_k, d_v, None
+  d_logits = jnp.where(mask, weights.astype(jnp.float32) * (d_weights - row), 0.0)
+  d_bias = None
+  if logit_bias is not None:
+    shape, dtype = logit_bias.shape, logit_bias.dtype
+    lead = d_logits.ndim - len(shape)
+    summed = tuple(range(lead)) + tuple(lead + i for i, n in enumerate(shape) if n == 1)
+    d_bias = jnp.sum(d_logits, axis=summed, keepdims=True).reshape(shape).astype(dtype)
+  d_scaled = (d_logits * scale).astype(q.dtype)
+  d_q = jnp.einsum("bhls,bhsd->bhld", d_scaled, k).astype(q.dtype)
+  d_k = jnp.swapaxes(jnp.einsum("bhld,bhls->bhds", q, d_scaled), -1, -2).astype(k.dtype)
+  return d_q, d_k, d_v, None, d_bias
 
 
-_softmax_attention.defvjp(_softmax_attention_fwd, _softmax_attention_bwd)
+_attention.defvjp(_attention_fwd, _attention_bwd)
 
 
 def attend_cache(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array,
@@ -154,9 +155,10 @@ class Attention(nnx.Module):
 
   def _project(self, x, positions):
     B, L, _ = x.shape
-    q = self.query(x).reshape(B, L, self.num_heads, self.head_dim)
-    k = self.key(x).reshape(B, L, self.num_kv_heads, self.head_dim)
-    v = self.value(x).reshape(B, L, self.num_kv_heads, self.head_dim)
+    q, k, v = linear.project_together(x, (self.query, self.key, self.value))
+    q = q.reshape(B, L, self.num_heads, self.head_dim)
+    k = k.reshape(B, L, self.num_kv_heads, self.head_dim)
+    v = v.reshape(B, L, self.num_kv_heads, self.head_dim)
     if self.rope:
       q = apply_rope(q, positions, self.rope_base)
       k = apply_rope(k, positions, self.rope_base)

@@ -5,6 +5,7 @@ from typing import Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 DEFAULT_STD = 0.02
@@ -35,6 +36,24 @@ class Dense(nnx.Module):
     if self.bias is not None:
       y = y + self.bias[...].astype(self.dtype)
     return y
+
+
+def project_together(x: jax.Array, layers: Sequence[Dense]) -> list[jax.Array]:
+  """[layer(x) for layer in layers] as one matmul over the concatenated kernels (fused
+  QKV, SwiGLU gate+up): one wider GEMM instead of several narrow ones, and in the
+  backward one input-gradient GEMM and one weight-gradient GEMM. Same values (each
+  output column is the same dot product). Under a mesh whose "tensor" axis is larger
+  than 1 the kernels' output columns are sharded separately, so the layers stay apart."""
+  mesh = jax.sharding.get_abstract_mesh()
+  tensor_ways = 1 if mesh is None or mesh.empty else dict(mesh.shape).get("tensor", 1)
+  if (len(layers) == 1 or tensor_ways > 1 or any(l.bias is not None for l in layers)
+      or len({l.dtype for l in layers}) > 1):
+    return [layer(x) for layer in layers]
+  dtype = layers[0].dtype
+  kernel = jnp.concatenate([l.kernel[...] for l in layers], axis=1).astype(dtype)
+  y = jnp.einsum("...i,io->...o", x.astype(dtype), kernel)
+  bounds = np.cumsum([l.kernel.shape[1] for l in layers])[:-1].tolist()
+  return jnp.split(y, bounds, axis=-1)
 
 
 class Embed(nnx.Module):

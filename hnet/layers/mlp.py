@@ -5,6 +5,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from hnet.layers import linear
 from hnet.layers.linear import DEFAULT_STD, Dense
 from hnet.sharding import shard
 
@@ -18,6 +19,7 @@ class SwiGLU(nnx.Module):
     self.activation = activation
 
   def __call__(self, x: jax.Array) -> jax.Array:  # [B, L, D] -> [B, L, D]
-    h = self.activation(self.gate(x)) * self.up(x)
+    gate, up = linear.project_together(x, (self.gate, self.up))  # [B, L, F] each
+    h = self.activation(gate) * up
     h = shard(h, ("batch", "length", "act_mlp"))
     return self.down(h)

@@ -1,0 +1,103 @@
+"""The hand-written attention backward, fused projections and the standard FLOPs count."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from configs import transformer_tiny
+from hnet.layers import attention, linear
+from hnet.perf import compiled_flops, transformer_model_flops
+
+
+def reference_attend(q, k, v, mask, logit_bias=None, use_softmax1=False):
+  """The attention as plain jnp (autodiff gives its gradient): q [B, L, H, Dh], k/v [B, S, K, Dh]."""
+  B, L, H, Dh = q.shape
+  K = k.shape[2]
+  q = q.reshape(B, L, K, H // K, Dh)
+  logits = jnp.einsum("blkgd,bskd->bkgls", q, k) * Dh ** -0.5
+  logits = logits.reshape(B, H, L, -1)
+  if logit_bias is not None:
+    logits = logits + logit_bias
+  logits = jnp.where(mask, logits, attention.NEG_INF)
+  weights = (attention.softmax1 if use_softmax1 else jax.nn.softmax)(logits, axis=-1)
+  out = jnp.einsum("bkgls,bskd->blkgd", weights.reshape(B, K, H // K, L, -1), v)
+  return out.reshape(B, L, H, Dh)
+
+
+def _mask(kind, B, L, S, rng):
+  if kind == "packed_causal":
+    seg = jnp.asarray(np.sort(rng.integers(0, 3, (B, S)), axis=1))
+    index = jnp.broadcast_to(jnp.arange(S), (B, S))
+    return attention.make_mask(seg[:, :L], seg, index[:, :L], index)
+  if kind == "window":
+    seg = jnp.ones((B, S), jnp.int32)
+    index = jnp.broadcast_to(jnp.arange(S), (B, S))
+    return attention.make_mask(seg[:, :L], seg, index[:, :L], index, window=3)
+  if kind == "keys_only":  # [B, 1, 1, S], as the per-row decoding of H-Net / HAT passes it
+    return jnp.asarray(rng.random((B, 1, 1, S)) < 0.6).at[..., 0].set(True)
+  return jnp.zeros((B, 1, L, S), bool).at[:, :, :2].set(True)  # rows 2.. fully masked
+
+
+@pytest.mark.parametrize("kind", ["packed_causal", "window", "keys_only", "fully_masked_rows"])
+@pytest.mark.parametrize("kv_heads", [4, 2])
+@pytest.mark.parametrize("bias_shape,use_softmax1", [
+    (None, False), (None, True), ("heads", False), ("keys", True)])
+def test_hand_written_backward_matches_autodiff(kind, kv_heads, bias_shape, use_softmax1):
+  """Outputs and gradients (q, k, v and the logit bias) equal autodiff of the plain jnp
+  attention: grouped-query heads, packed documents, windows, [B, 1, 1, S] masks, rows
+  with every key masked, MrT5's softmax1 and biases of shape [1, H, L, S] / [B, 1, 1, S]."""
+  rng = np.random.default_rng(0)
+  B, L, S, H, Dh = 2, 12, 12, 4, 8
+  q = jnp.asarray(rng.normal(size=(B, L, H, Dh)), jnp.float32)
+  k = jnp.asarray(rng.normal(size=(B, S, kv_heads, Dh)), jnp.float32)
+  v = jnp.asarray(rng.normal(size=(B, S, kv_heads, Dh)), jnp.float32)
+  bias = {None: None, "heads": (1, H, L, S), "keys": (B, 1, 1, S)}[bias_shape]
+  bias = None if bias is None else jnp.asarray(rng.normal(size=bias) * 2, jnp.float32)
+  mask = _mask(kind, B, L, S, rng)
+  cotangent = jnp.asarray(rng.normal(size=(B, L, H, Dh)), jnp.float32)
+
+  def loss(fn):
+    return lambda q, k, v, bias: jnp.sum(fn(q, k, v, mask, bias, use_softmax1=use_softmax1) * cotangent)
+  argnums = (0, 1, 2) if bias is None else (0, 1, 2, 3)
+  got = attention.attend(q, k, v, mask, bias, use_softmax1=use_softmax1)
+  want = reference_attend(q, k, v, mask, bias, use_softmax1=use_softmax1)
+  np.testing.assert_allclose(got, want, atol=1e-5, rtol=1e-5)
+  grads = jax.grad(loss(attention.attend), argnums)(q, k, v, bias)
+  want_grads = jax.grad(loss(reference_attend), argnums)(q, k, v, bias)
+  for name, g, w in zip("qkvb", grads, want_grads):
+    assert g.shape == w.shape, name
+    np.testing.assert_allclose(g, w, atol=1e-5, rtol=1e-5, err_msg=f"d{name}")
+  assert float(jnp.max(jnp.abs(grads[0]))) > 0  # the cotangent reaches q
+
+
+def test_project_together_equals_separate_layers():
+  """One matmul over concatenated kernels gives each layer's own output."""
+  rngs = nnx.Rngs(0)
+  layers = [linear.Dense(16, n, rngs=rngs) for n in (24, 8, 8)]
+  x = jnp.asarray(np.random.default_rng(0).normal(size=(2, 5, 16)), jnp.float32)
+  for got, layer in zip(linear.project_together(x, layers), layers):
+    np.testing.assert_allclose(got, layer(x), atol=1e-6, rtol=1e-6)
+
+
+def test_standard_model_flops_count():
+  """6 x (parameters but the input embedding) x tokens + 12 x layers x dim x seq_len x
+  tokens, and within 5% of XLA's own count of the compiled train step."""
+  from hnet import sharding
+  from hnet.testing import packed_byte_batch
+  from hnet.train import jit_train_step, make_setup
+  c = transformer_tiny.get_config()
+  c.model.dim, c.model.mlp_dim, c.model.num_layers, c.data.seq_len = 64, 192, 2, 128
+  c.train.batch_size, c.mesh.data = 4, 1
+  D, F, V, layers, T = 64, 192, c.model.vocab_size, 2, 128
+  tokens = 4 * T
+  mesh = sharding.make_mesh(1, 1, 1, devices=jax.devices()[:1])
+  setup = make_setup(c, mesh)
+  params = setup.abstract_state["params"]
+  weights = layers * (4 * D * D + 3 * D * F + 2 * D) + D + D * V  # blocks, norms, head
+  standard = transformer_model_flops(params, num_layers=layers, dim=D, seq_len=T, tokens=tokens)
+  assert standard == 6 * weights * tokens + 12 * layers * D * T * tokens
+  batch = packed_byte_batch(0, 4, T)
+  with jax.set_mesh(mesh):
+    compiled = jit_train_step(setup, batch).lower(setup.abstract_state, batch).compile()
+  assert abs(compiled_flops(compiled) / standard - 1) < 0.05, (compiled_flops(compiled), standard)
