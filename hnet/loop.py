@@ -247,9 +247,13 @@ def _run(config, workdir, lock, preemption: _Preemption) -> dict[str, Any]:
   if preemption.requested:  # SIGTERM while compiling
     return _stop_before_first_step(start, state, manager)
   eval_fn = jit_eval_step(setup, example)
-  step_flops = compiled_flops(compiled)
+  # cost_analysis counts one device's program: the step's FLOPs are that times the devices.
+  step_flops = compiled_flops(compiled) * jax.device_count()
   memory = compiled_memory(compiled)
-  peak = measure_matmul_peak(1024, repeats=3) * jax.local_device_count()
+  # CPU devices beyond the first are simulated (--xla_force_host_platform_device_count,
+  # launch/local.sh) and share the host's cores, which one device's matmul already uses.
+  per_process = 1 if jax.default_backend() == "cpu" else jax.local_device_count()
+  peak = measure_matmul_peak(1024, repeats=3) * per_process * jax.process_count()
   log.info("train step: %.3g FLOPs, memory per device %s", step_flops, memory)
 
   logger = MetricLogger(workdir, config.train.steps, start)
