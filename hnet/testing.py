@@ -5,6 +5,9 @@ family gets causality, sharding, cached-generation and overfit tests in a few li
 """
 from __future__ import annotations
 
+import os
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -233,3 +236,11 @@ def assert_word_cached_generation_matches(config, docs, length: int, num_words: 
     rows = real[:, t]
     np.testing.assert_allclose(np.asarray(logits)[rows], full[rows, t], atol=atol, rtol=1e-4,
                                err_msg=f"cached logits differ at step {t}")
+
+
+def subprocess_xla_flags(devices: int = 1) -> str:
+  """XLA_FLAGS for a test's subprocess: `devices` simulated CPU devices, and the backend
+  optimisation level the suite compiles at (tests/conftest.py), when one is set."""
+  flags = [f"--xla_force_host_platform_device_count={devices}"] if devices > 1 else []
+  level = re.search(r"--xla_backend_optimization_level=\d+", os.environ.get("XLA_FLAGS", ""))
+  return " ".join(flags + ([level.group(0)] if level else []))

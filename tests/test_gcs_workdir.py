@@ -10,6 +10,8 @@ import warnings
 
 import pytest
 
+from hnet.testing import subprocess_xla_flags
+
 from gcs_emulator import gcs_emulator
 from test_train_loop import ROOT, corpus, overrides, run_cli, train_losses  # noqa: F401 (fixture)
 from test_workdir import check_lock_semantics
@@ -36,7 +38,7 @@ def _gcs(env):
 
 
 def _cli(args, env, timeout=300, **popen):
-  full_env = {**os.environ, **env, "XLA_FLAGS": "", "JAX_PLATFORMS": "cpu"}
+  full_env = {**os.environ, **env, "XLA_FLAGS": subprocess_xla_flags(), "JAX_PLATFORMS": "cpu"}
   if popen:
     return subprocess.Popen([sys.executable] + args, cwd=ROOT, env=full_env, **popen)
   return subprocess.run([sys.executable] + args, cwd=ROOT, env=full_env, capture_output=True,

@@ -9,6 +9,8 @@ import time
 
 import pytest
 
+from hnet.testing import subprocess_xla_flags
+
 import slurm_cluster
 from test_train_loop import ROOT, _free_port, corpus, overrides, train_cli, train_losses  # noqa: F401
 
@@ -28,7 +30,7 @@ def reference(corpus, tmp_path_factory):
   """Per-step losses of the same run in one process over 2 simulated devices."""
   workdir = tmp_path_factory.mktemp("single") / "run"
   cmd, env = train_cli(workdir, corpus, **STEPS)
-  env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
+  env["XLA_FLAGS"] = subprocess_xla_flags(2)
   result = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
   assert result.returncode == 0, result.stderr[-2000:]
   return train_losses(workdir)
@@ -38,7 +40,7 @@ def submit(slurm, corpus, workdir, log):
   """launch/slurm.sbatch as a user submits it, with this test cluster's partition, no GPUs,
   and 2 tasks on the node (one per simulated CPU device)."""
   port = _free_port()
-  env = {"XLA_FLAGS": "", "JAX_PLATFORMS": "cpu", "JAX_COORDINATOR_PORT": str(port),
+  env = {"XLA_FLAGS": subprocess_xla_flags(), "JAX_PLATFORMS": "cpu", "JAX_COORDINATOR_PORT": str(port),
          "JAX_COORDINATOR_BIND_ADDRESS": f"127.0.0.1:{port}"}
   return slurm.submit(["--partition=test", "--gpus-per-node=0", "--ntasks-per-node=2",
                        f"--output={log}", "launch/slurm.sbatch", "configs/transformer_tiny.py",

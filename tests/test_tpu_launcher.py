@@ -17,6 +17,8 @@ import time
 
 import pytest
 
+from hnet.testing import subprocess_xla_flags
+
 from test_train_loop import ROOT, corpus, overrides, train_cli, train_losses  # noqa: F401
 
 STEPS = {"train.steps": 24, "checkpoint.every": 2, "mesh.data": 2}
@@ -118,7 +120,7 @@ def standin(tmp_path):
   (bin_dir / "gcloud").write_text(GCLOUD.format(python=sys.executable))
   (bin_dir / "gcloud").chmod(0o755)
   env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
-         "GCLOUD_STANDIN_DIR": str(state), "XLA_FLAGS": "", "JAX_PLATFORMS": "cpu"}
+         "GCLOUD_STANDIN_DIR": str(state), "XLA_FLAGS": subprocess_xla_flags(), "JAX_PLATFORMS": "cpu"}
   return state, env
 
 
@@ -180,7 +182,7 @@ def newest_checkpoint(workdir) -> int:
 @pytest.mark.slow
 def test_two_workers_train_like_one_through_preemptions(corpus, tmp_path):
   cmd, env = train_cli(tmp_path / "single", corpus, **STEPS)
-  env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
+  env["XLA_FLAGS"] = subprocess_xla_flags(2)
   single = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
   assert single.returncode == 0, single.stderr[-2000:]
 

@@ -13,6 +13,8 @@ import time
 import numpy as np
 import pytest
 
+from hnet.testing import subprocess_xla_flags
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SENTENCES = [
     "The quick brown fox jumps over the lazy dog. ",
@@ -45,7 +47,7 @@ def overrides(corpus, **extra):
 def train_cli(workdir, corpus, env=None, **extra):
   cmd = [sys.executable, "-m", "hnet.main", "--config=configs/transformer_tiny.py",
          f"--workdir={workdir}"] + overrides(corpus, **extra)
-  full_env = {**os.environ, "XLA_FLAGS": "", "JAX_PLATFORMS": "cpu", **(env or {})}
+  full_env = {**os.environ, "XLA_FLAGS": subprocess_xla_flags(), "JAX_PLATFORMS": "cpu", **(env or {})}
   return cmd, full_env
 
 
@@ -207,7 +209,7 @@ def test_user_error_is_one_line_unless_verbose(tmp_path, monkeypatch):
   """batch 12 on 8 devices: exit 1, one line naming the valid sizes, no traceback."""
   result = subprocess.run([sys.executable, "-m", "hnet.main", "--config=configs/transformer_tiny.py",
                            f"--workdir={tmp_path}", "--config.train.batch_size=12"], cwd=ROOT,
-                          env={**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8",
+                          env={**os.environ, "XLA_FLAGS": subprocess_xla_flags(8),
                                "JAX_PLATFORMS": "cpu", "HNET_VERBOSE": ""},
                           capture_output=True, text=True, timeout=300)
   assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr[-2000:]
@@ -287,7 +289,7 @@ def _free_port():
 @pytest.mark.slow
 def test_two_processes_train_like_one(corpus, tmp_path):
   cmd, env = train_cli(tmp_path / "single", corpus, **{"train.steps": 4, "mesh.data": 2})
-  env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
+  env["XLA_FLAGS"] = subprocess_xla_flags(2)
   single = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
   assert single.returncode == 0, single.stderr[-2000:]
   port = _free_port()
@@ -412,7 +414,7 @@ def test_sample_takes_any_prompt_bytes_and_checks_the_length(trained_run):
   from hnet.runs import load_model
   result = subprocess.run([sys.executable, "tools/sample.py", f"--workdir={trained_run}",
                            b"--prompt=caf\xe9 \xff", "--max_new_bytes=40", "--temperature=0"],
-                          cwd=ROOT, env={**os.environ, "XLA_FLAGS": "", "JAX_PLATFORMS": "cpu"},
+                          cwd=ROOT, env={**os.environ, "XLA_FLAGS": subprocess_xla_flags(), "JAX_PLATFORMS": "cpu"},
                           capture_output=True, timeout=300)
   out = result.stdout.decode("utf-8", "replace")
   assert result.returncode == 0, result.stderr.decode("utf-8", "replace")[-2000:]
