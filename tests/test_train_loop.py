@@ -388,11 +388,16 @@ def _train_records(workdir) -> list[dict]:
 @pytest.mark.slow
 def test_throughput_does_not_depend_on_how_often_it_is_logged(corpus, tmp_path):
   """mfu over steps 21-40 logged every step vs every 20 steps (issue 18: within 20%). Each
-  record covers the wall time of its steps, measured once their results are ready. Two
-  runs of each, interleaved; the best of each is compared (the machine may be shared)."""
+  record covers the wall time of its steps, measured once their results are ready.
+
+  A 20-step window is about 0.6 s here, and a shared machine (CI's included: one run saw
+  single-step mfu vary 3x) can slow any one run. So runs alternate log_every=1 and 20 and
+  the best of each is compared after every pair, for up to four pairs: a logging cost or
+  a timing error that is real shows in every pair and still fails; a one-off stall does
+  not."""
   from hnet import loop
   best = {1: 0.0, 20: 0.0}
-  for repeat, every in enumerate((1, 20, 1, 20)):
+  for repeat, every in enumerate((1, 20) * 4):
     config = config_for(corpus, **{"train.steps": 40, "train.log_every": every, "checkpoint.every": 1000,
                                    "model.dim": 64, "model.mlp_dim": 256, "data.seq_len": 64})
     workdir = str(tmp_path / f"run{repeat}")
@@ -405,7 +410,10 @@ def test_throughput_does_not_depend_on_how_often_it_is_logged(corpus, tmp_path):
     per_peak_flop = records[-1]["mfu"] / records[-1]["model_flops_per_s"]  # 1 / the measured peak
     late = sum(seconds[20 // every:])  # steps 21-40
     best[every] = max(best[every], 20 * summary["step_flops"] / late * per_peak_flop)
-  print(f"mfu over steps 21-40, best of 2 runs: log_every=1 {best[1]:.4g}, log_every=20 {best[20]:.4g}")
+    if every == 20 and abs(best[1] - best[20]) <= 0.2 * best[20]:
+      break
+  print(f"mfu over steps 21-40, best of {repeat // 2 + 1} runs each: "
+        f"log_every=1 {best[1]:.4g}, log_every=20 {best[20]:.4g}")
   assert abs(best[1] - best[20]) <= 0.2 * best[20], best
 
 
