@@ -45,7 +45,9 @@ jax.config.update("jax_default_matmul_precision", "highest")
 
 
 def pytest_configure(config):
-  config.addinivalue_line("markers", "slow: takes more than ~20 s on 2 CPU cores")
+  config.addinivalue_line(
+      "markers", "slow: the slow tier (bash launch/test.sh --slow; CI runs both tiers): "
+      "trained fixtures exported to transformers, AOT compiles, SLURM, GCS, several processes")
 
 
 def _cpu_seconds() -> float:

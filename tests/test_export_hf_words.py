@@ -227,6 +227,7 @@ def test_export_loads_in_a_fresh_process_outside_the_project(family, request, tm
   assert float(np.max(np.abs(theirs - ours)[real])) < LOGIT_ATOL
 
 
+@pytest.mark.slow
 def test_hat_config_uses_tfree_hat_field_names(hat_run):
   config = json.loads((pathlib.Path(hat_run.hf) / "config.json").read_text())
   assert config["auto_map"]["AutoModelForCausalLM"] == "modeling_hnet_hat.HnetHATForCausalLM"
@@ -244,6 +245,7 @@ def test_hat_config_uses_tfree_hat_field_names(hat_run):
   assert "TFree-HAT" in (pathlib.Path(hat_run.hf) / "README.md").read_text()
 
 
+@pytest.mark.slow
 def test_export_ships_the_projects_splitter(hat_run):
   source = pathlib.Path(ROOT, "hnet", "text", "splitter.py").read_bytes()
   assert (pathlib.Path(hat_run.hf) / "splitter.py").read_bytes() == source
@@ -286,6 +288,7 @@ def _reference_row(data: bytes, word_len: int):
   return [batch[k][0, :n].tolist() for k in ("word_index", "byte_in_word", "open_word_index")]
 
 
+@pytest.mark.slow
 def test_exported_word_layout_equals_the_projects_on_the_property_test_inputs(hat_run):
   """The export's word layout (splitter words, in-word slots and the open word after each
   byte, which decides what every byte may read) equals hnet's on the splitter property

@@ -53,7 +53,6 @@ def test_cached_generation_matches_forward(window):
   testing.assert_word_cached_generation_matches(tiny_config(window=window), docs, 30, 20, WORD_LEN)
 
 
-@pytest.mark.slow
 def test_sharded_matches_single_device():
   rows = [[DOCS[i % 2][:12 + i], b"zz top"] for i in range(8)]
   batch = testing.word_layout_batch(rows, 24, 14, WORD_LEN)
@@ -108,7 +107,6 @@ def test_metrics_exact_match():
   assert "next_word_accuracy_rare" not in word_metrics(perfect, _metric_batch(), 10)
 
 
-@pytest.mark.slow
 def test_overfit():
   rows = [[DOCS[0]], [DOCS[1]], [b"one two three four five"], [b"six seven eight"]]
   batch = testing.word_layout_batch(rows, 32, 16, WORD_LEN)

@@ -39,7 +39,6 @@ def _boundaries(config, batch):
   return [np.asarray(s["boundary_mask"]) for s in nnx.jit(lambda m, b: m.chunking(b))(model, batch)]
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("stages", [1, 2])
 def test_causal_across_chunk_boundaries(stages):
   cfg = tiny_config(stages)
@@ -52,7 +51,6 @@ def test_causal_across_chunk_boundaries(stages):
   testing.assert_causal(cfg, batch, positions=tuple(positions))
 
 
-@pytest.mark.slow
 def test_causal_with_capacity_overflow():
   cfg = tiny_config(1, capacity_factor=[0.5])  # C = 24 * 0.5 / 3 -> 8 slots: overflows
   batch = testing.packed_byte_batch(0, 2, 24, doc_lengths=(10, None))
@@ -98,7 +96,6 @@ def test_documents_do_not_interact():
   np.testing.assert_allclose(both[:, 10:], alone, atol=2e-5)
 
 
-@pytest.mark.slow
 def test_sharded_matches_single_device():
   """2 stages (covers the outer routing stage and the innermost one)."""
   batch = testing.packed_byte_batch(0, 8, 32, doc_lengths=(12, None))
@@ -129,7 +126,6 @@ def test_generate_rows_are_independent():
   assert together == alone
 
 
-@pytest.mark.slow
 def test_pallas_interpret_matches_jnp():
   batch = testing.packed_byte_batch(0, 2, 24, doc_lengths=(10, None))
   outs = {}
@@ -151,7 +147,6 @@ def test_pallas_interpret_matches_jnp():
                nnx.to_pure_dict(grads_p), nnx.to_pure_dict(grads_j))
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("stages", [1, 2])
 def test_overfit(stages):
   batch = testing.packed_byte_batch(0, 4, 32)

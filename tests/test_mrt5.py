@@ -438,7 +438,6 @@ def test_byt5_samples_from_source_without_ratios():
 
 # ------------------------------------------------------------------ training
 
-@pytest.mark.slow
 def test_sharded_matches_single_device():
   if jax.device_count() < 8:
     pytest.skip("needs 8 (simulated) devices: run through tests/conftest.py")

@@ -136,6 +136,7 @@ def test_settings_reject_bad_noise_and_level():
     robustness.Settings(levels=(1.5,))
 
 
+@pytest.mark.slow
 def test_run_fingerprint_tells_retrained_runs_apart(runs, tmp_path):
   """--reuse keys results by run_fingerprint: a run trained again with another config at
   the same path and step must not be taken for the old one."""

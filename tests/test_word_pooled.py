@@ -87,7 +87,6 @@ def test_generate_rows_match_alone():
   assert all(len(x) > 0 for x in both)
 
 
-@pytest.mark.slow
 def test_sharded_matches_single_device():
   rows = [[DOCS[i % 2][:12 + i], b"zz top"] for i in range(8)]
   batch = testing.word_layout_batch(rows, 24, 14, WORD_LEN)
