@@ -112,3 +112,79 @@ def test_loop_exits_when_every_row_has_sampled_eos():
   stop = lengths[0] - 1 + int(np.flatnonzero(free[0] == eos)[0])  # the step that sampled EOS
   assert out[0, stop] == eos
   assert (out[:, stop + 1:] == hbytes.PAD_ID).all(), "the loop ran past EOS"
+
+
+# --------------------------------------------------------------------------- word models
+# HAT and the word-pooled models run the same compiled loop, the host-side splitter
+# reached through an io_callback (hnet.generate.HostInput).
+
+def word_model(family):
+  if family not in _MODELS:
+    from test_hat import tiny_config as hat_config
+    from test_word_pooled import tiny_config as pooled_config
+    config = hat_config() if family == "hat" else pooled_config(family)
+    _MODELS[family] = build_model(config.model, nnx.Rngs(0))
+  return _MODELS[family]
+
+
+def host_loop_reference(model, prompts, max_new_bytes, temperature, seed=3):
+  """The plain reference: one jitted decode_step per byte from Python, the tracker
+  pushed on the host, fold_in(key, t) per step (as hnet.generate._loop)."""
+  from hnet.models.hat import WordBoundaryTracker
+  ids = [hbytes.encode(p, add_bos=True) for p in prompts]
+  B = hgenerate.batch_bucket(len(ids))
+  ids += [ids[0][:1]] * (B - len(ids))
+  slots = hgenerate.length_bucket(max(len(x) for x in ids) + max_new_bytes)
+  tracker = WordBoundaryTracker(B, model.max_words_per_step, model.max_word_len)
+  step = nnx.jit(lambda m, c, fed, f: m.decode_step(c, fed, f))
+  sampling, key = hgenerate.Sampling(temperature), jax.random.key(seed)
+  cache, previous = model.init_cache(B, slots), np.zeros(B, np.int32)
+  out = [[] for _ in prompts]
+  for t in range(max(len(x) for x in ids) - 1 + max_new_bytes):
+    fed = np.array([x[t] if t < len(x) else previous[r] for r, x in enumerate(ids)], np.int32)
+    logits, cache = step(model, cache, fed, tracker.push(fed))
+    previous = np.asarray(sampling.pick(logits, jax.random.fold_in(key, t)))
+    for row in range(len(prompts)):
+      if len(ids[row]) - 1 <= t < len(ids[row]) - 1 + max_new_bytes:
+        out[row].append(int(previous[row]))
+  return out
+
+
+@pytest.mark.parametrize("family,temperature", [("hat", 0.0), ("hat", 1.0), ("lyt", 0.0)])
+def test_word_model_loop_equals_the_host_loop(family, temperature):
+  """Rows of different prompt lengths, 24 new ids each (EOS fed on): the compiled loop
+  samples exactly the ids of the byte-by-byte host loop (same seed: same samples)."""
+  model = word_model(family)
+  ids = [hbytes.encode(p, add_bos=True) for p in PROMPTS]
+  handle = 7
+  from hnet.models import hat
+  hat._TRACKERS[handle] = hat.WordBoundaryTracker(4, model.max_words_per_step, model.max_word_len)
+  try:
+    got = hgenerate._sample_ids(model, ids, max_new_bytes=24, seed=3,
+                                sampling=hgenerate.Sampling(temperature), eos_id=-1,
+                                host=hgenerate.HostInput(hat._push_words, model.max_words_per_step),
+                                host_handle=handle)
+  finally:
+    del hat._TRACKERS[handle]
+  want = host_loop_reference(model, PROMPTS, 24, temperature)
+  for row, (a, b) in enumerate(zip(got, want)):
+    np.testing.assert_array_equal(a, b, err_msg=f"row {row}")
+
+
+@pytest.mark.parametrize("family", ["hat", "byte2word"])
+def test_word_model_second_call_does_not_compile(family):
+  from hnet.models import hat
+  model = word_model(family)
+  first = hat.generate(model, PROMPTS, max_new_bytes=40, temperature=1.0, stop_at_eos=False,
+                       max_word_size=model.max_word_len)
+  COMPILES.count, COMPILES.active = 0, True
+  try:
+    second = hat.generate(model, [b"JULIET. O Romeo, Romeo! wherefore art thou", b"What light",
+                                  b"Friends, Romans, countrymen, lend me your ears"],
+                          max_new_bytes=50, temperature=1.0, seed=1, stop_at_eos=False,
+                          max_word_size=model.max_word_len)
+  finally:
+    COMPILES.active = False
+  assert COMPILES.count == 0, f"{COMPILES.count} compilation(s) in the second call"
+  assert [len(x) for x in first] == [40] * 3 and [len(x) for x in second] == [50] * 3
+  assert not hat._TRACKERS, "a finished call left its tracker registered"

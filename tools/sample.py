@@ -45,11 +45,9 @@ def sample_words(model, prompts):
   """HAT / word-pooled models: hat.generate, the splitter closing words on the host
   (max_word_size = the model's word slot, as the run's data was split)."""
   from hnet.models import hat
-  if FLAGS.top_k or FLAGS.top_p < 1.0:
-    raise app.UsageError("HAT and the word-pooled models sample from the full distribution "
-                         "(hat.generate): drop --top_k / --top_p")
   outs = hat.generate(model, prompts, max_new_bytes=FLAGS.max_new_bytes, seed=FLAGS.seed,
-                      temperature=FLAGS.temperature, max_word_size=model.max_word_len)
+                      temperature=FLAGS.temperature, top_k=FLAGS.top_k, top_p=FLAGS.top_p,
+                      max_word_size=model.max_word_len)
   return [prompt + out for prompt, out in zip(prompts, outs)], None
 
 

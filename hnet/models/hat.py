@@ -44,7 +44,7 @@ commits per row). `generate(...)` is the batched sampling loop.
 """
 from __future__ import annotations
 
-import functools
+import itertools
 from typing import Any, Sequence
 
 import jax
@@ -152,22 +152,38 @@ def block_decode_rows(block: TransformerBlock, x: jax.Array, cache: dict[str, ja
   return x + block.mlp(block.mlp_norm(x)), new_cache
 
 
+# The entries of a decode cache that finishing a word reads or writes (the byte-level
+# encoder and decoder caches are not among them and stay out of the conditional below).
+WORD_STATE = ("backbone", "num_words", "pred", "buffer", "buffer_pos", "open_ids")
+
+
 def finish_words(finish_word, state: dict[str, Any], finished_lengths: jax.Array | None,
                  model_name: str) -> tuple[dict[str, Any], jax.Array]:
-  """Runs finish_word(state, offset [B], length [B]) -> state for each of the M words
-  this byte finished (finished_lengths [B, M], 0 = none; skipped when no row finished
-  one) -> (state, offset [B]: the bytes finished in each row, to drop from its buffer)."""
+  """Runs finish_word(word_state, offset [B], length [B]) -> word_state for each of the M
+  words this byte finished (finished_lengths [B, M], 0 = none) -> (state, offset [B]: the
+  bytes finished in each row, to drop from its buffer). word_state is state's WORD_STATE
+  entries. Most bytes finish no word: one conditional skips them all, and inside it word
+  m runs only where some row finished an m-th word. Only word_state passes through the
+  conditionals (the whole cache did before: XLA copied every layer's KV cache in and out
+  of them at every step, 0.5 ms a byte for the tiny HAT)."""
   if finished_lengths is None:
     raise ValueError(f"{model_name}.decode_step needs finished_lengths [B, M]: the byte "
                      "lengths of the words that this byte finished (hat.WordBoundaryTracker "
                      "computes them)")
-  offset = jnp.zeros(finished_lengths.shape[:1], jnp.int32)
-  for m in range(finished_lengths.shape[1]):
-    length = finished_lengths[:, m].astype(jnp.int32)
-    state = jax.lax.cond(jnp.any(length > 0), finish_word, lambda s, o, n: s,
-                         state, offset, length)
-    offset = offset + length
-  return state, offset
+  lengths = finished_lengths.astype(jnp.int32)
+
+  def finish_all(word_state):
+    offset = jnp.zeros(lengths.shape[:1], jnp.int32)
+    for m in range(lengths.shape[1]):
+      word_state = finish_word(word_state, offset, lengths[:, m]) if m == 0 else jax.lax.cond(
+          jnp.any(lengths[:, m] > 0), finish_word, lambda s, o, n: s,
+          word_state, offset, lengths[:, m])
+      offset = offset + lengths[:, m]
+    return word_state
+
+  word_state = {k: state[k] for k in WORD_STATE if k in state}
+  word_state = jax.lax.cond(jnp.any(lengths > 0), finish_all, lambda s: s, word_state)
+  return {**state, **word_state}, jnp.sum(lengths, axis=1)
 
 
 def backbone_advance(backbone, word_vector: jax.Array, cache: dict[str, Any],
@@ -340,78 +356,41 @@ class WordBoundaryTracker:
     return out
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef",), donate_argnames=("cache",))
-def _feed_prompt(graphdef, state, cache: dict[str, Any], prompt: jax.Array,
-                 finished: jax.Array, count: jax.Array) -> dict[str, Any]:
-  """Feeds prompt[:, t] with finished[t] for t < count (traced) in one call: prompt
-  [B, W], finished [W, B, M]."""
-  model = nnx.merge(graphdef.graphdef, state)
-
-  def feed(t, cache):
-    return model.decode_step(cache, prompt[:, t], finished[t])[1]
-
-  return jax.lax.fori_loop(0, count, feed, cache)
+_TRACKERS: dict[int, WordBoundaryTracker] = {}  # handle -> the tracker of a running call
+_NEXT_HANDLE = itertools.count()
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "sampling"), donate_argnames=("cache",))
-def _step_and_sample(graphdef, state, cache: dict[str, Any], ids: jax.Array, finished: jax.Array,
-                     key: jax.Array, t: jax.Array, *, sampling) -> tuple[jax.Array, dict]:
-  """One decode_step and the sampled next ids [B] (key fold_in(key, t), as hnet.generate)."""
-  model = nnx.merge(graphdef.graphdef, state)
-  logits, cache = model.decode_step(cache, ids, finished)
-  return sampling.pick(logits, jax.random.fold_in(key, t)), cache
+def _push_words(handle, ids) -> np.ndarray:
+  """io_callback of the compiled sampling loop: the words byte ids [B] finished, from
+  the tracker of the call that `handle` names -> finished_lengths [B, M] int32."""
+  return _TRACKERS[int(handle)].push(ids)
 
 
 def generate(model: HAT, prompts: Sequence[bytes], *, max_new_bytes: int, seed: int = 0,
-             temperature: float = 1.0, max_word_size: int = 100,
-             stop_at_eos: bool = True) -> list[bytes]:
-  """Batched byte sampling (greedy at temperature 0); the splitter runs on the host.
-
-  Compiled once per model graph, batch bucket and length bucket (hnet.generate's
-  buckets). The part of the prompts every row has is fed in one device call
-  (`_feed_prompt`, the word boundaries computed on the host beforehand); after that
-  each step is one device call, since the next step's word boundaries depend on the
-  sampled byte. Not a one-pass prefill: the decoder's word vectors and the backbone's
-  per-row word slots would need the forward pass's word layout of the prompt rebuilt
-  as caches. stop_at_eos=False samples max_new_bytes per row (benchmarks)."""
+             temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
+             max_word_size: int = 100, stop_at_eos: bool = True) -> list[bytes]:
+  """Batched byte sampling (greedy at temperature 0) in hnet.generate's compiled loop:
+  one device call per generate, compiled once per model graph, batch bucket, length
+  bucket and sampling options. The splitter runs on the host: each step hands the fed
+  ids to this call's WordBoundaryTracker through an io_callback and gets the lengths of
+  the words they finished (the next step's boundaries depend on the sampled byte). The
+  prompt is stepped byte by byte, not prefilled: a one-pass prefill would need the
+  forward pass's word layout rebuilt as the decoder's and the backbone's caches.
+  stop_at_eos=False samples max_new_bytes per row (benchmarks)."""
   from hnet import generate as hgenerate  # pylint: disable=g-import-not-at-top
   ids = [hbytes.encode(p, add_bos=True) for p in prompts]
-  n = len(ids)
-  B = hgenerate.batch_bucket(n)
-  ids += [ids[0][:1]] * (B - n)  # padding rows: BOS, then their own samples
-  lengths = np.array([len(x) for x in ids])
-  total = int(lengths.max()) + max_new_bytes
-  slots = hgenerate.length_bucket(total)
-  graph, state = nnx.split(model)
-  graph = hgenerate.StaticGraph(graph)
-  sampling = hgenerate.Sampling(temperature)
-  cache = model.init_cache(B, slots)
-  tracker = WordBoundaryTracker(B, model.max_words_per_step, max_word_size)
-  common = int(lengths.min()) - 1  # prompt ids every row feeds before the first sample
-  width = hgenerate.length_bucket(max(common, 1))
-  prompt = np.full((B, width), hbytes.PAD_ID, np.int32)
-  finished = np.zeros((width, B, model.max_words_per_step), np.int32)
-  for t in range(common):
-    prompt[:, t] = [x[t] for x in ids]
-    finished[t] = tracker.push(prompt[:, t])
-  cache = _feed_prompt(graph, state, cache, prompt, finished, np.int32(common))
-  key = jax.random.key(seed)
-  out = [list(x) for x in ids]
-  done = np.arange(B) >= n
-  previous = np.zeros(B, np.int32)
-  for t in range(common, total - 1):
-    fed = np.array([ids[r][t] if t < lengths[r] else previous[r] for r in range(B)], np.int32)
-    sample, cache = _step_and_sample(graph, state, cache, fed, tracker.push(fed), key,
-                                     np.int32(t), sampling=sampling)
-    previous = np.asarray(sample, np.int32)
-    for r in range(n):
-      if t + 1 >= lengths[r] and not done[r]:
-        out[r].append(int(previous[r]))
-        done[r] |= ((stop_at_eos and previous[r] == hbytes.EOS_ID)
-                    or len(out[r]) - lengths[r] >= max_new_bytes)
-    if done.all():
-      break
-  return [hbytes.decode_bytes(np.array(o[k:])) for o, k in zip(out[:n], lengths[:n])]
+  handle = next(_NEXT_HANDLE) % 2**31
+  _TRACKERS[handle] = WordBoundaryTracker(hgenerate.batch_bucket(len(ids)),
+                                          model.max_words_per_step, max_word_size)
+  try:
+    sampled = hgenerate._sample_ids(  # pylint: disable=protected-access
+        model, ids, max_new_bytes=max_new_bytes, seed=seed,
+        sampling=hgenerate.Sampling(temperature, top_k, top_p),
+        eos_id=hbytes.EOS_ID if stop_at_eos else -1,
+        host=hgenerate.HostInput(_push_words, model.max_words_per_step), host_handle=handle)
+  finally:
+    del _TRACKERS[handle]
+  return [hbytes.decode_bytes(x) for x in sampled]
 
 
 def build(cfg, rngs: nnx.Rngs) -> HAT:
