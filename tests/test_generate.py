@@ -114,6 +114,31 @@ def test_loop_exits_when_every_row_has_sampled_eos():
   assert (out[:, stop + 1:] == hbytes.PAD_ID).all(), "the loop ran past EOS"
 
 
+def test_sampling_draws_the_filtered_distribution():
+  """Inverse-CDF sampling over 40,000 uniforms: each id's frequency is its filtered
+  softmax probability within 4 standard errors; ids outside top-k / top-p, special ids
+  but EOS, and u = 0 never give an id of probability 0."""
+  rng = np.random.default_rng(0)
+  logits = np.full((1, 264), -np.inf, np.float32)
+  logits[0, [3, 7, 50, 200, hbytes.EOS_ID, hbytes.PAD_ID]] = np.log([0.1, 0.4, 0.2, 0.1, 0.1, 0.1])
+  uniforms = np.concatenate([[0.0], rng.random(39_999)]).astype(np.float32)
+  cases = {  # options -> the probabilities of the ids it keeps (renormalised)
+      (1.0, 0, 1.0): {3: 0.1, 7: 0.4, 50: 0.2, 200: 0.1, hbytes.EOS_ID: 0.1},
+      (1.0, 2, 1.0): {7: 0.4, 50: 0.2},
+      (1.0, 0, 0.55): {7: 0.4, 50: 0.2},
+      (0.5, 0, 1.0): {3: 0.01, 7: 0.16, 50: 0.04, 200: 0.01, hbytes.EOS_ID: 0.01}}
+  for (temperature, top_k, top_p), kept in cases.items():
+    pick = jax.jit(jax.vmap(lambda u: hgenerate.Sampling(temperature, top_k, top_p).pick(
+        logits, u[None])[0]))
+    ids = np.asarray(pick(uniforms))
+    total = sum(kept.values())
+    assert set(np.unique(ids)) <= set(kept), (temperature, top_k, top_p, np.unique(ids))
+    for token, weight in kept.items():
+      p = weight / total
+      got = np.mean(ids == token)
+      assert abs(got - p) < 4 * np.sqrt(p * (1 - p) / len(ids)), (token, got, p)
+
+
 # --------------------------------------------------------------------------- word models
 # HAT and the word-pooled models run the same compiled loop, the host-side splitter
 # reached through an io_callback (hnet.generate.HostInput).
@@ -129,7 +154,8 @@ def word_model(family):
 
 def host_loop_reference(model, prompts, max_new_bytes, temperature, seed=3):
   """The plain reference: one jitted decode_step per byte from Python, the tracker
-  pushed on the host, fold_in(key, t) per step (as hnet.generate._loop)."""
+  pushed on the host, step t sampling with step_uniforms(key, T, B)[t] (as
+  hnet.generate._loop)."""
   from hnet.models.hat import WordBoundaryTracker
   ids = [hbytes.encode(p, add_bos=True) for p in prompts]
   B = hgenerate.batch_bucket(len(ids))
@@ -139,11 +165,12 @@ def host_loop_reference(model, prompts, max_new_bytes, temperature, seed=3):
   step = nnx.jit(lambda m, c, fed, f: m.decode_step(c, fed, f))
   sampling, key = hgenerate.Sampling(temperature), jax.random.key(seed)
   cache, previous = model.init_cache(B, slots), np.zeros(B, np.int32)
+  uniforms = hgenerate.step_uniforms(key, slots, B)
   out = [[] for _ in prompts]
   for t in range(max(len(x) for x in ids) - 1 + max_new_bytes):
     fed = np.array([x[t] if t < len(x) else previous[r] for r, x in enumerate(ids)], np.int32)
     logits, cache = step(model, cache, fed, tracker.push(fed))
-    previous = np.asarray(sampling.pick(logits, jax.random.fold_in(key, t)))
+    previous = np.asarray(sampling.pick(logits, uniforms[t]))
     for row in range(len(prompts)):
       if len(ids[row]) - 1 <= t < len(ids[row]) - 1 + max_new_bytes:
         out[row].append(int(previous[row]))
