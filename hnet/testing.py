@@ -16,7 +16,7 @@ from flax import nnx
 from hnet import bytes as hbytes
 from hnet import sharding
 from hnet.models import build_model
-from hnet.train import init_state, jit_train_step, loss_fn, make_setup, merge_model
+from hnet.train import init_state, jit_train_step, loss_fn, make_setup
 
 
 def packed_byte_batch(seed: int, batch_size: int, length: int, doc_lengths=(None,)) -> dict:
@@ -236,6 +236,13 @@ def assert_word_cached_generation_matches(config, docs, length: int, num_words: 
     rows = real[:, t]
     np.testing.assert_allclose(np.asarray(logits)[rows], full[rows, t], atol=atol, rtol=1e-4,
                                err_msg=f"cached logits differ at step {t}")
+
+
+def subprocess_env(devices: int = 1, **extra: str) -> dict[str, str]:
+  """The environment of a test's JAX subprocess: this process's, on the CPU platform with
+  `devices` simulated devices (subprocess_xla_flags), plus `extra`."""
+  return {**os.environ, "XLA_FLAGS": subprocess_xla_flags(devices), "JAX_PLATFORMS": "cpu",
+          **extra}
 
 
 def subprocess_xla_flags(devices: int = 1) -> str:

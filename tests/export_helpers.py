@@ -13,7 +13,7 @@ from typing import Sequence
 
 import numpy as np
 
-from hnet.testing import subprocess_xla_flags
+from hnet.testing import subprocess_env
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LOGIT_ATOL = 1e-4  # the issues' bound; float32 matmuls in torch and XLA sum in other orders
@@ -88,7 +88,7 @@ def until_eos(ids, eos: int, pad: int) -> list[int]:
 
 def run_tool(args: Sequence[str], timeout: int = 600, text: bool = True):
   """`python tools/<...>` in its own process from the project root on one CPU device."""
-  env = {**os.environ, "XLA_FLAGS": subprocess_xla_flags(), "JAX_PLATFORMS": "cpu"}
+  env = subprocess_env()
   proc = subprocess.run([sys.executable, *args], cwd=ROOT, env=env, capture_output=True,
                         text=text, timeout=timeout)
   assert proc.returncode == 0, proc.stderr[-2000:]

@@ -18,7 +18,7 @@ import textwrap
 import numpy as np
 import pytest
 
-from hnet.testing import subprocess_xla_flags
+from hnet.testing import subprocess_env
 
 from tests.export_helpers import (LOGIT_ATOL, PROMPTS, ROOT, SHAKESPEARE as TEXT, hf_model, jax_model, run_tool,
                                   shrink as _shrunk, train_and_export as _train_and_export,
@@ -453,7 +453,7 @@ def test_training_path_does_not_import_torch():
           "hnet.export.llama, hnet.export.t5, hnet.export.tokenizer; "
           "bad = [m for m in ('torch', 'transformers') if m in sys.modules]; "
           "sys.exit(f'imported {bad}' if bad else 0)")
-  env = {**os.environ, "XLA_FLAGS": subprocess_xla_flags(), "JAX_PLATFORMS": "cpu"}
+  env = subprocess_env()
   proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True,
                         text=True, timeout=120)
   assert proc.returncode == 0, proc.stderr[-2000:]

@@ -16,7 +16,7 @@ import textwrap
 import numpy as np
 import pytest
 
-from hnet.testing import subprocess_xla_flags
+from hnet.testing import subprocess_env
 
 from tests.export_helpers import ROOT, hf_model, train_and_export, until_eos, write_corpus
 
@@ -257,7 +257,7 @@ def test_greedy_generate_equals_sample_tool(run, fresh):
   # tools/sample.py itself, in its own process: it prints prompt + continuation.
   cmd = [sys.executable, "tools/sample.py", f"--workdir={run.workdir}", "--temperature=0",
          f"--max_new_bytes={NEW_BYTES}"] + [f"--prompt={p.decode()}" for p in PROMPTS]
-  env = {**os.environ, "XLA_FLAGS": subprocess_xla_flags(), "JAX_PLATFORMS": "cpu"}
+  env = subprocess_env()
   proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
   assert proc.returncode == 0, proc.stderr[-2000:]
   for prompt, new in zip(PROMPTS, theirs):

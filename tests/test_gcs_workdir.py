@@ -2,7 +2,6 @@
 emulator on 127.0.0.1 that each test starts and stops (tests/gcs_emulator.py): the real
 orbax/tensorstore, gcsfs (etils.epath), tensorboardX and array_record clients talk to it."""
 import json
-import os
 import subprocess
 import sys
 import time
@@ -10,7 +9,7 @@ import warnings
 
 import pytest
 
-from hnet.testing import subprocess_xla_flags
+from hnet.testing import subprocess_env
 
 from gcs_emulator import gcs_emulator
 from test_train_loop import ROOT, corpus, overrides, run_cli, train_losses  # noqa: F401 (fixture)
@@ -38,7 +37,7 @@ def _gcs(env):
 
 
 def _cli(args, env, timeout=300, **popen):
-  full_env = {**os.environ, **env, "XLA_FLAGS": subprocess_xla_flags(), "JAX_PLATFORMS": "cpu"}
+  full_env = subprocess_env(**env)
   if popen:
     return subprocess.Popen([sys.executable] + args, cwd=ROOT, env=full_env, **popen)
   return subprocess.run([sys.executable] + args, cwd=ROOT, env=full_env, capture_output=True,

@@ -17,7 +17,7 @@ import time
 
 import pytest
 
-from hnet.testing import subprocess_xla_flags
+from hnet.testing import subprocess_env, subprocess_xla_flags
 
 from test_train_loop import ROOT, corpus, overrides, train_cli, train_losses  # noqa: F401
 
@@ -119,8 +119,8 @@ def standin(tmp_path):
   state.mkdir()
   (bin_dir / "gcloud").write_text(GCLOUD.format(python=sys.executable))
   (bin_dir / "gcloud").chmod(0o755)
-  env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
-         "GCLOUD_STANDIN_DIR": str(state), "XLA_FLAGS": subprocess_xla_flags(), "JAX_PLATFORMS": "cpu"}
+  env = subprocess_env(PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
+                       GCLOUD_STANDIN_DIR=str(state))
   return state, env
 
 

@@ -13,7 +13,7 @@ import time
 import numpy as np
 import pytest
 
-from hnet.testing import subprocess_xla_flags
+from hnet.testing import subprocess_env, subprocess_xla_flags
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SENTENCES = [
@@ -47,7 +47,7 @@ def overrides(corpus, **extra):
 def train_cli(workdir, corpus, env=None, **extra):
   cmd = [sys.executable, "-m", "hnet.main", "--config=configs/transformer_tiny.py",
          f"--workdir={workdir}"] + overrides(corpus, **extra)
-  full_env = {**os.environ, "XLA_FLAGS": subprocess_xla_flags(), "JAX_PLATFORMS": "cpu", **(env or {})}
+  full_env = subprocess_env(**(env or {}))
   return cmd, full_env
 
 
@@ -209,8 +209,7 @@ def test_user_error_is_one_line_unless_verbose(tmp_path, monkeypatch):
   """batch 12 on 8 devices: exit 1, one line naming the valid sizes, no traceback."""
   result = subprocess.run([sys.executable, "-m", "hnet.main", "--config=configs/transformer_tiny.py",
                            f"--workdir={tmp_path}", "--config.train.batch_size=12"], cwd=ROOT,
-                          env={**os.environ, "XLA_FLAGS": subprocess_xla_flags(8),
-                               "JAX_PLATFORMS": "cpu", "HNET_VERBOSE": ""},
+                          env=subprocess_env(8, HNET_VERBOSE=""),
                           capture_output=True, text=True, timeout=300)
   assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr[-2000:]
   errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
@@ -422,7 +421,7 @@ def test_sample_takes_any_prompt_bytes_and_checks_the_length(trained_run):
   from hnet.runs import load_model
   result = subprocess.run([sys.executable, "tools/sample.py", f"--workdir={trained_run}",
                            b"--prompt=caf\xe9 \xff", "--max_new_bytes=40", "--temperature=0"],
-                          cwd=ROOT, env={**os.environ, "XLA_FLAGS": subprocess_xla_flags(), "JAX_PLATFORMS": "cpu"},
+                          cwd=ROOT, env=subprocess_env(),
                           capture_output=True, timeout=300)
   out = result.stdout.decode("utf-8", "replace")
   assert result.returncode == 0, result.stderr.decode("utf-8", "replace")[-2000:]
