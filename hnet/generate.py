@@ -180,7 +180,9 @@ class HostInput:
   (HAT's word boundaries: a Unicode splitter). Inside the compiled loop each step calls
   fn(handle, fed [B]) -> int32 [B, width] through jax.experimental.io_callback and passes
   the result to model.decode_step(cache, fed, result). `handle` (a traced int32) names the
-  host object of this call, so the compiled loop, which holds `fn`, serves every call."""
+  host object of this call, so the compiled loop, which holds `fn`, serves every call.
+  For the steps that feed ids every row's prompt has, fn runs on the host before the
+  loop (a callback costs ~0.2 ms a step on CPU: most of a long prompt's time)."""
   fn: Any
   width: int
 
@@ -206,8 +208,9 @@ def _jitted_loop(backend: str):
 
 def _sampling_loop(graphdef: StaticGraph, state: nnx.State, encoded: dict | None, prompt: jax.Array,
           lengths: jax.Array, active: jax.Array, prefill_len: jax.Array, max_new: jax.Array,
-          key: jax.Array, eos_id: jax.Array, host_handle: jax.Array | int = 0, *, sampling: Sampling,
-          width: int, host: HostInput | None = None) -> jax.Array:
+          key: jax.Array, eos_id: jax.Array, host_handle: jax.Array | int = 0,
+          host_prefix: jax.Array | None = None, *, sampling: Sampling, width: int,
+          host: HostInput | None = None) -> jax.Array:
   """The sampling loop, compiled once per (graphdef, shapes, sampling, prefill width).
 
   prompt [B, T] (PAD after each row's lengths[b] ids; T = cache slots), active [B] (False:
@@ -217,7 +220,9 @@ def _sampling_loop(graphdef: StaticGraph, state: nnx.State, encoded: dict | None
   last sample after) until every active row has sampled EOS or max_new ids (lax.while_loop:
   the trip count is traced, not the bucket). Returns out [B, T]: out[:, t] = the id
   sampled after position t (PAD where no step ran). Step t samples with
-  step_uniforms(key, T, B)[t], so samples do not depend on prefill_len."""
+  step_uniforms(key, T, B)[t], so samples do not depend on prefill_len. With `host`
+  (HostInput), decode_step's extra input of step t is host_prefix[t] (computed on the
+  host before the loop) for t < prefill_len and an io_callback's result after."""
   model = nnx.merge(graphdef.graphdef, state)
   B, T = prompt.shape
   cache = model.init_cache(B, T) if encoded is None else model.init_cache(B, T, encoded)
@@ -237,8 +242,10 @@ def _sampling_loop(graphdef: StaticGraph, state: nnx.State, encoded: dict | None
     if host is None:
       logits, cache = model.decode_step(cache, fed)
     else:
-      extra = jax.experimental.io_callback(
-          host.fn, jax.ShapeDtypeStruct((B, host.width), jnp.int32), host_handle, fed)
+      extra = jax.lax.cond(
+          t < prefill_len, lambda: jax.lax.dynamic_index_in_dim(host_prefix, t, 0, False),
+          lambda: jax.experimental.io_callback(
+              host.fn, jax.ShapeDtypeStruct((B, host.width), jnp.int32), host_handle, fed))
       logits, cache = model.decode_step(cache, fed, extra)
     sample = sampling.pick(logits, jax.lax.dynamic_index_in_dim(uniforms, t, 0, False))  # [B]
     out = jax.lax.dynamic_update_slice(out, sample[:, None], (0, t))
@@ -310,11 +317,16 @@ def _sample_ids(model: nnx.Module, prompts: Sequence[np.ndarray], *, max_new_byt
   padded_lengths[:len(prompts)] = lengths
   active = np.arange(rows) < len(prompts)
   width = prefill_width(model, int(lengths.min()), slots) if prefill else 0
+  host_prefix = None
+  if host is not None:  # the steps that feed prompt ids in every row: fn on the host now
+    host_prefix = np.zeros((slots, rows, host.width), np.int32)
+    for t in range(int(lengths.min()) - 1):
+      host_prefix[t] = host.fn(host_handle, prompt[:, t])
   graphdef, state = nnx.split(model)
   out = np.asarray(_loop(static_graph(graphdef), state, encoded, prompt, padded_lengths, active,
                          np.int32(lengths.min() - 1), np.int32(max_new_bytes),
                          jax.random.key(seed), np.int32(eos_id), np.int32(host_handle),
-                         sampling=sampling, width=width, host=host))
+                         host_prefix, sampling=sampling, width=width, host=host))
   results = []
   for row, n in enumerate(lengths):
     new = out[row, n - 1:n - 1 + max_new_bytes]
