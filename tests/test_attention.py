@@ -71,30 +71,6 @@ def test_hand_written_backward_matches_autodiff(kind, kv_heads, bias_shape, use_
   assert float(jnp.max(jnp.abs(grads[0]))) > 0  # the cotangent reaches q
 
 
-@pytest.mark.parametrize("kind", ["packed_causal", "window"])
-@pytest.mark.parametrize("blocks,kv_heads,use_softmax1", [(2, 4, False), (4, 2, False), (4, 4, True)])
-def test_causal_query_blocks_match_autodiff(kind, blocks, kv_heads, use_softmax1):
-  """Causal attention in query blocks (each block against the keys up to its last row):
-  outputs and q/k/v gradients equal autodiff of the plain jnp attention, packed
-  documents and windows included."""
-  rng = np.random.default_rng(1)
-  B, L, H, Dh = 2, 16, 4, 8
-  q = jnp.asarray(rng.normal(size=(B, L, H, Dh)), jnp.float32)
-  k = jnp.asarray(rng.normal(size=(B, L, kv_heads, Dh)), jnp.float32)
-  v = jnp.asarray(rng.normal(size=(B, L, kv_heads, Dh)), jnp.float32)
-  mask = _mask(kind, B, L, L, rng)
-  cotangent = jnp.asarray(rng.normal(size=(B, L, H, Dh)), jnp.float32)
-  blocked = lambda q, k, v: attention.attend(q, k, v, mask, use_softmax1=use_softmax1,
-                                             causal_blocks=blocks)
-  plain = lambda q, k, v: reference_attend(q, k, v, mask, use_softmax1=use_softmax1)
-  np.testing.assert_allclose(blocked(q, k, v), plain(q, k, v), atol=1e-5, rtol=1e-5)
-  grads = jax.grad(lambda *a: jnp.sum(blocked(*a) * cotangent), (0, 1, 2))(q, k, v)
-  want = jax.grad(lambda *a: jnp.sum(plain(*a) * cotangent), (0, 1, 2))(q, k, v)
-  for name, g, w in zip("qkv", grads, want):
-    np.testing.assert_allclose(g, w, atol=1e-5, rtol=1e-5, err_msg=f"d{name}")
-  assert attention.causal_query_blocks(256) == 4 and attention.causal_query_blocks(64) == 1
-
-
 def test_project_together_equals_separate_layers():
   """One matmul over concatenated kernels gives each layer's own output."""
   rngs = nnx.Rngs(0)

@@ -19,14 +19,6 @@ from hnet.sharding import shard
 NEG_INF = -1e30
 
 
-def causal_query_blocks(length: int) -> int:
-  """Query blocks for causal self-attention over `length` positions (_causal_block_attention):
-  4 from 128 positions on, which skips 3/8 of the score products. On the 2-core CPU the
-  tiny byte Transformer's train step (L = 256) took 5-10% less time with 4 blocks than
-  with 1, and more time with 8 (in-process A/B, min and median of 6-8 interleaved runs)."""
-  return 4 if length >= 128 and length % 4 == 0 else 1
-
-
 def make_mask(q_segment: jax.Array, k_segment: jax.Array, q_index: jax.Array,
               k_index: jax.Array, *, causal: bool = True, window: int | None = None) -> jax.Array:
   """Boolean mask [B, 1, L, S]: same document, optionally causal and within a window.
@@ -54,25 +46,18 @@ def softmax1(logits: jax.Array, axis: int = -1) -> jax.Array:
 
 
 def attend(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array,
-           logit_bias: jax.Array | None = None, *, use_softmax1: bool = False,
-           causal_blocks: int = 1) -> jax.Array:
+           logit_bias: jax.Array | None = None, *, use_softmax1: bool = False) -> jax.Array:
   """q [B, L, H, Dh], k/v [B, S, K, Dh], mask [B, 1|H, L|1, S] -> [B, L, H, Dh].
 
   Softmax (or `softmax1`) in float32. `logit_bias` (broadcastable to [B, H, L, S]) is
   added to the logits (relative position bias, soft deletion). The backward pass is
   hand-written (`_attention`): the same values as autodiff, with fewer passes over the
-  [B, H, L, S] scores and no transposed copies of them. causal_blocks > 1 (a causal mask
-  over L == S positions, no bias): the scores are computed in that many query blocks,
-  each against the keys up to its last row (_causal_block_attention).
+  [B, H, L, S] scores and no transposed copies of them.
   """
   H = q.shape[2]
   K = k.shape[2]
   heads = lambda x: jnp.swapaxes(x, 1, 2)  # [B, T, H, Dh] <-> [B, H, T, Dh]
   k, v = (jnp.repeat(x, H // K, axis=2) if K != H else x for x in (k, v))  # head h reads kv h // G
-  L = q.shape[1]
-  if causal_blocks > 1 and logit_bias is None and L == k.shape[1] and L % causal_blocks == 0:
-    return heads(_causal_block_attention(heads(q), heads(k), heads(v), mask, causal_blocks,
-                                         use_softmax1))
   return heads(_attention(heads(q), heads(k), heads(v), mask, logit_bias, use_softmax1))
 
 
@@ -98,17 +83,13 @@ def _attention_fwd(q, k, v, mask, logit_bias, use_softmax1):
 
 
 def _attention_bwd(use_softmax1, residuals, d_out):
-  del use_softmax1  # the same gradient formula for both
-  d_q, d_k, d_v, d_bias = _attention_grads(*residuals, d_out)
-  return d_q, d_k, d_v, None, d_bias
-
-
-def _attention_grads(q, k, v, mask, weights, out, logit_bias, d_out):
-  """-> (d_q, d_k, d_v, d_bias | None). With P the weights and Z the logits: dV = P^T dO, dZ = P * (dO V^T - rowsum(dO * O))
+  """With P the weights and Z the logits: dV = P^T dO, dZ = P * (dO V^T - rowsum(dO * O))
   (zero where masked; also softmax1's, whose extra key has value 0), d_bias = dZ summed
   to the bias's shape, dQ = dZ K / sqrt(Dh), dK = dZ^T Q / sqrt(Dh). The products with
   P^T and dZ^T are computed transposed ([Dh, L] @ [L, S]) so the [L, S] matrices are
   read in their own layout."""
+  del use_softmax1  # the same gradient formula for both
+  q, k, v, mask, weights, out, logit_bias = residuals
   scale = q.shape[-1] ** -0.5
   d_v = jnp.swapaxes(jnp.einsum("bhld,bhls->bhds", d_out, weights), -1, -2).astype(v.dtype)
   d_weights = jnp.einsum("bhld,bhsd->bhls", d_out, v).astype(jnp.float32)
@@ -123,58 +104,10 @@ def _attention_grads(q, k, v, mask, weights, out, logit_bias, d_out):
   d_scaled = (d_logits * scale).astype(q.dtype)
   d_q = jnp.einsum("bhls,bhsd->bhld", d_scaled, k).astype(q.dtype)
   d_k = jnp.swapaxes(jnp.einsum("bhld,bhls->bhds", q, d_scaled), -1, -2).astype(k.dtype)
-  return d_q, d_k, d_v, d_bias
+  return d_q, d_k, d_v, None, d_bias
 
 
 _attention.defvjp(_attention_fwd, _attention_bwd)
-
-
-def _query_blocks(length: int, blocks: int) -> list[tuple[int, int]]:
-  size = length // blocks
-  return [(i * size, (i + 1) * size) for i in range(blocks)]
-
-
-def _block_mask(mask, start, end):
-  """mask [B, 1|H, L|1, S] -> the rows start:end (when L > 1) and the keys :end."""
-  return mask[..., start:end, :end] if mask.shape[-2] > 1 else mask[..., :end]
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5))
-def _causal_block_attention(q, k, v, mask, blocks, use_softmax1):
-  """_attention for a causal mask (L == S, query i never sees key j > i), in `blocks`
-  query blocks: block b (rows b*L/n .. (b+1)*L/n) multiplies only the keys up to its
-  last row, skipping the (n-1)/2n of the scores that are masked out for every row."""
-  return _causal_block_fwd(q, k, v, mask, blocks, use_softmax1)[0]
-
-
-def _causal_block_fwd(q, k, v, mask, blocks, use_softmax1):
-  outs, weights = [], []
-  for start, end in _query_blocks(q.shape[2], blocks):
-    out, w = _attention_forward(q[:, :, start:end], k[:, :, :end], v[:, :, :end],
-                                _block_mask(mask, start, end), None, use_softmax1)
-    outs.append(out)
-    weights.append(w)
-  out = jnp.concatenate(outs, axis=2)
-  return out, (q, k, v, mask, weights, out)
-
-
-def _causal_block_bwd(blocks, use_softmax1, residuals, d_out):
-  del use_softmax1
-  q, k, v, mask, weights, out = residuals
-  S = k.shape[2]
-  d_q, d_k, d_v = [], jnp.zeros(k.shape, jnp.float32), jnp.zeros(v.shape, jnp.float32)
-  for (start, end), w in zip(_query_blocks(q.shape[2], blocks), weights):
-    dq, dk, dv, _ = _attention_grads(
-        q[:, :, start:end], k[:, :, :end], v[:, :, :end], _block_mask(mask, start, end), w,
-        out[:, :, start:end], None, d_out[:, :, start:end])
-    pad = ((0, 0), (0, 0), (0, S - end), (0, 0))
-    d_q.append(dq)
-    d_k = d_k + jnp.pad(dk.astype(jnp.float32), pad)
-    d_v = d_v + jnp.pad(dv.astype(jnp.float32), pad)
-  return jnp.concatenate(d_q, axis=2), d_k.astype(k.dtype), d_v.astype(v.dtype), None
-
-
-_causal_block_attention.defvjp(_causal_block_fwd, _causal_block_bwd)
 
 
 def attend_cache(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array,
@@ -238,8 +171,7 @@ class Attention(nnx.Module):
     q, k, v = self._project(x, positions)
     index = jnp.broadcast_to(jnp.arange(x.shape[1]), segment_ids.shape)
     mask = make_mask(segment_ids, segment_ids, index, index, causal=self.causal, window=self.window)
-    out = attend(q, k, v, mask, logit_bias, use_softmax1=self.use_softmax1,
-                 causal_blocks=causal_query_blocks(x.shape[1]) if self.causal else 1)
+    out = attend(q, k, v, mask, logit_bias, use_softmax1=self.use_softmax1)
     return self.out(out.reshape(*x.shape[:2], -1))
 
   def init_cache(self, batch_size: int, max_len: int, dtype=jnp.float32) -> dict[str, Any]:
