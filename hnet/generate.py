@@ -7,7 +7,9 @@ afterwards, so one cache serves the batch, until every row has sampled EOS or it
 max_new_bytes. The loop (`_loop`, a lax.while_loop) is jitted once per model graph,
 batch bucket, length bucket, prefill length and sampling options: rows are padded to a
 power of two and positions to `length_bucket` (the prefill pass too), so a new prompt of
-similar length reuses the compiled loop. Two entry points share it:
+similar length reuses the compiled loop. HAT and the word-pooled models
+(hnet.models.hat.generate) run it too, their host-side splitter reached from inside the
+loop (HostInput). Two entry points share it:
 
   generate(model, prompts, ...)             decoder-only families: BOS + prompt bytes,
                                             continued.
@@ -168,8 +170,9 @@ _GRAPHS: dict[StaticGraph, StaticGraph] = {}
 
 def static_graph(graphdef: nnx.GraphDef) -> StaticGraph:
   """The one StaticGraph of every graphdef equal to `graphdef`. jit compares static
-  arguments by identity first, so a loop that calls a jitted function per step (HAT's)
-  skips the GraphDef comparison (~0.8 ms for HAT's tiny graph) at every call."""
+  arguments by identity first, so a call finds its compiled loop without comparing
+  GraphDefs (~0.8 ms for HAT's tiny graph; it was paid at every step when HAT called a
+  jitted step per byte)."""
   graph = StaticGraph(graphdef)
   return _GRAPHS.setdefault(graph, graph)
 
@@ -206,11 +209,12 @@ def _jitted_loop(backend: str):
                  compiler_options=LOOP_CPU_COMPILER_OPTIONS if backend == "cpu" else None)
 
 
-def _sampling_loop(graphdef: StaticGraph, state: nnx.State, encoded: dict | None, prompt: jax.Array,
-          lengths: jax.Array, active: jax.Array, prefill_len: jax.Array, max_new: jax.Array,
-          key: jax.Array, eos_id: jax.Array, host_handle: jax.Array | int = 0,
-          host_prefix: jax.Array | None = None, *, sampling: Sampling, width: int,
-          host: HostInput | None = None) -> jax.Array:
+def _sampling_loop(graphdef: StaticGraph, state: nnx.State, encoded: dict | None,
+                   prompt: jax.Array, lengths: jax.Array, active: jax.Array,
+                   prefill_len: jax.Array, max_new: jax.Array, key: jax.Array,
+                   eos_id: jax.Array, host_handle: jax.Array | int = 0,
+                   host_prefix: jax.Array | None = None, *, sampling: Sampling, width: int,
+                   host: HostInput | None = None) -> jax.Array:
   """The sampling loop, compiled once per (graphdef, shapes, sampling, prefill width).
 
   prompt [B, T] (PAD after each row's lengths[b] ids; T = cache slots), active [B] (False:
