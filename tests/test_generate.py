@@ -183,16 +183,12 @@ def test_word_model_loop_equals_the_host_loop(family, temperature):
   samples exactly the ids of the byte-by-byte host loop (same seed: same samples)."""
   model = word_model(family)
   ids = [hbytes.encode(p, add_bos=True) for p in PROMPTS]
-  handle = 7
   from hnet.models import hat
-  hat._TRACKERS[handle] = hat.WordBoundaryTracker(4, model.max_words_per_step, model.max_word_len)
-  try:
+  with hat.word_tracker(4, model.max_words_per_step, model.max_word_len) as handle:
     got = hgenerate._sample_ids(model, ids, max_new_bytes=24, seed=3,
                                 sampling=hgenerate.Sampling(temperature), eos_id=-1,
                                 host=hgenerate.HostInput(hat._push_words, model.max_words_per_step),
                                 host_handle=handle)
-  finally:
-    del hat._TRACKERS[handle]
   want = host_loop_reference(model, PROMPTS, 24, temperature)
   for row, (a, b) in enumerate(zip(got, want)):
     np.testing.assert_array_equal(a, b, err_msg=f"row {row}")

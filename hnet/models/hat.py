@@ -44,6 +44,7 @@ commits per row). `generate(...)` is the batched sampling loop.
 """
 from __future__ import annotations
 
+import contextlib
 import itertools
 from typing import Any, Sequence
 
@@ -360,6 +361,18 @@ _TRACKERS: dict[int, WordBoundaryTracker] = {}  # handle -> the tracker of a run
 _NEXT_HANDLE = itertools.count()
 
 
+@contextlib.contextmanager
+def word_tracker(batch_size: int, max_words_per_step: int, max_word_size: int):
+  """Registers a WordBoundaryTracker for one sampling call; yields its handle (what the
+  compiled loop passes to _push_words) and unregisters it on exit."""
+  handle = next(_NEXT_HANDLE) % 2**31
+  _TRACKERS[handle] = WordBoundaryTracker(batch_size, max_words_per_step, max_word_size)
+  try:
+    yield handle
+  finally:
+    del _TRACKERS[handle]
+
+
 def _push_words(handle, ids) -> np.ndarray:
   """io_callback of the compiled sampling loop: the words byte ids [B] finished, from
   the tracker of the call that `handle` names -> finished_lengths [B, M] int32."""
@@ -379,17 +392,13 @@ def generate(model: HAT, prompts: Sequence[bytes], *, max_new_bytes: int, seed: 
   stop_at_eos=False samples max_new_bytes per row (benchmarks)."""
   from hnet import generate as hgenerate  # pylint: disable=g-import-not-at-top
   ids = [hbytes.encode(p, add_bos=True) for p in prompts]
-  handle = next(_NEXT_HANDLE) % 2**31
-  _TRACKERS[handle] = WordBoundaryTracker(hgenerate.batch_bucket(len(ids)),
-                                          model.max_words_per_step, max_word_size)
-  try:
+  with word_tracker(hgenerate.batch_bucket(len(ids)), model.max_words_per_step,
+                    max_word_size) as handle:
     sampled = hgenerate._sample_ids(  # pylint: disable=protected-access
         model, ids, max_new_bytes=max_new_bytes, seed=seed,
         sampling=hgenerate.Sampling(temperature, top_k, top_p),
         eos_id=hbytes.EOS_ID if stop_at_eos else -1,
         host=hgenerate.HostInput(_push_words, model.max_words_per_step), host_handle=handle)
-  finally:
-    del _TRACKERS[handle]
   return [hbytes.decode_bytes(x) for x in sampled]
 
 
