@@ -1,7 +1,9 @@
 """Dense and embedding layers whose parameters carry logical axis names."""
 from __future__ import annotations
 
-from typing import Sequence
+import contextlib
+import threading
+from typing import Iterator, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -9,6 +11,23 @@ import numpy as np
 from flax import nnx
 
 DEFAULT_STD = 0.02
+
+_UNFUSED = threading.local()  # trace-time switch of project_together (unfused_projections)
+
+
+@contextlib.contextmanager
+def unfused_projections() -> Iterator[None]:
+  """Within it, project_together traces one matmul per layer instead of concatenating
+  their kernels. For code traced into a lax.cond branch inside a decode loop: XLA hoists
+  the loop-invariant concatenation out of a while loop's body, not out of a conditional's
+  branch, where it runs at every step the branch is taken (the tiny HAT's backbone: eight
+  [128, 384|768] concatenations, 35-120 us each, for every finished word)."""
+  previous = getattr(_UNFUSED, "on", False)
+  _UNFUSED.on = True
+  try:
+    yield
+  finally:
+    _UNFUSED.on = previous
 
 
 def normal_param(rngs: nnx.Rngs, shape: Sequence[int], axes: Sequence[str | None],
@@ -43,10 +62,12 @@ def project_together(x: jax.Array, layers: Sequence[Dense]) -> list[jax.Array]:
   QKV, SwiGLU gate+up): one wider GEMM instead of several narrow ones, and in the
   backward one input-gradient GEMM and one weight-gradient GEMM. Same values (each
   output column is the same dot product). Under a mesh whose "tensor" axis is larger
-  than 1 the kernels' output columns are sharded separately, so the layers stay apart."""
+  than 1 the kernels' output columns are sharded separately, so the layers stay apart;
+  so they do within unfused_projections()."""
   mesh = jax.sharding.get_abstract_mesh()
   tensor_ways = 1 if mesh is None or mesh.empty else dict(mesh.shape).get("tensor", 1)
-  if (len(layers) == 1 or tensor_ways > 1 or any(l.bias is not None for l in layers)
+  if (len(layers) == 1 or tensor_ways > 1 or getattr(_UNFUSED, "on", False)
+      or any(l.bias is not None for l in layers)
       or len({l.dtype for l in layers}) > 1):
     return [layer(x) for layer in layers]
   dtype = layers[0].dtype

@@ -55,6 +55,7 @@ from flax import nnx
 
 from hnet import bytes as hbytes
 from hnet.layers.attention import attend_cache, write_rows
+from hnet.layers import linear
 from hnet.layers.linear import DEFAULT_STD, Dense, Embed, normal_param
 from hnet.layers.norm import RMSNorm
 from hnet.layers.pooling import gather_words, make_pooling, pool_stream
@@ -183,7 +184,8 @@ def finish_words(finish_word, state: dict[str, Any], finished_lengths: jax.Array
     return word_state
 
   word_state = {k: state[k] for k in WORD_STATE if k in state}
-  word_state = jax.lax.cond(jnp.any(lengths > 0), finish_all, lambda s: s, word_state)
+  with linear.unfused_projections():  # traced into conditionals (see there)
+    word_state = jax.lax.cond(jnp.any(lengths > 0), finish_all, lambda s: s, word_state)
   return {**state, **word_state}, jnp.sum(lengths, axis=1)
 
 
