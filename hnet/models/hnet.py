@@ -39,6 +39,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from hnet.layers.attention import Attention, attend_cache, write_rows
+from hnet.layers import linear
 from hnet.layers.linear import DEFAULT_STD, Dense, Embed
 from hnet.layers.mamba2 import Mamba2Block
 from hnet.layers.norm import RMSNorm
@@ -332,13 +333,31 @@ class HNet(nnx.Module):
     h, new["encoder"] = stage.encoder.step(x, cache["encoder"], position, commit)
     prob, mask = stage.router.step(cache["h_previous"].astype(h.dtype), h, position == 0)
     emit = commit & mask
-    z = self._step_stage(s + 1, stage.widen(h), caches, emit)[:, :stage.dim]
+    z = self._step_inner(s, stage.widen(h), caches, emit)[:, :stage.dim]
     y, z_bar = dc.dechunk_step(z, cache["z_bar"], prob, mask, stage.residual(h))
     out, new["decoder"] = stage.decoder.step(y, cache["decoder"], position, commit)
     keep = commit[:, None]
     new["h_previous"] = jnp.where(keep, h.astype(jnp.float32), cache["h_previous"])
     new["z_bar"] = jnp.where(keep, z_bar, cache["z_bar"])
     caches[s] = new
+    return out
+
+  def _step_inner(self, s: int, x: jax.Array, caches: list, emit: jax.Array) -> jax.Array:
+    """_step_stage(s + 1, x [B, D_{s+1}], caches, emit) under one conditional that skips
+    the inner stages when no row emits a chunk. Skipping is exact: a row that does not
+    emit commits nothing inside, and dechunk_step reads its output only where it emits.
+    At batch 1 most bytes (1 - 1/N of them once trained) never run the inner network."""
+    def run(inner_caches, x, emit):
+      full = caches[:s + 1] + list(inner_caches)
+      out = self._step_stage(s + 1, x, full, emit)
+      return out, full[s + 1:]
+
+    def skip(inner_caches, x, emit):
+      del emit
+      return jnp.zeros_like(x), list(inner_caches)
+
+    with linear.unfused_projections():  # traced into the conditional (see there)
+      out, caches[s + 1:] = jax.lax.cond(jnp.any(emit), run, skip, caches[s + 1:], x, emit)
     return out
 
   def _prefill_stage(self, s: int, x: jax.Array, stream: dc.Stream, count: jax.Array,
