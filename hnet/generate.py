@@ -190,12 +190,17 @@ class HostInput:
   width: int
 
 
-# XLA:CPU compiles the loop's small matmuls ([B, D] @ [D, F], B <= 16) as YNNPACK
-# fusions by default; each costs ~20 us of dispatch, several times its arithmetic. The
-# loop opts out of them (the train step keeps them: there they pay for themselves).
-# Measured with tools/bench.py-style calls of the tiny Transformer, 256 new bytes:
-# batch 4 0.133 -> 0.112 s, batch 16 0.71 -> 0.59 s; batch 1 uses no YNN fusion.
-LOOP_CPU_COMPILER_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": ""}
+# XLA:CPU options of the sampling loop (the train step keeps the defaults):
+# - no YNNPACK fusions: XLA:CPU compiles the loop's small matmuls ([B, D] @ [D, F],
+#   B <= 16) as YNNPACK fusions by default; each costs ~20 us of dispatch, several times
+#   its arithmetic. Tiny Transformer, 256 new bytes: batch 4 0.133 -> 0.112 s, batch 16
+#   0.71 -> 0.59 s; batch 1 uses no YNN fusion.
+# - copy insertion with region analysis: without it XLA copies the KV caches that the
+#   loop updates in place (at batch 1, two cache-sized copies per layer and step). Tiny
+#   Transformer batch 1 0.081-0.090 -> 0.068 s (interleaved runs), HAT 0.39 -> 0.29 s,
+#   LYT 0.46 -> 0.32 s (best of 5 second calls).
+LOOP_CPU_COMPILER_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": "",
+                             "xla_cpu_copy_insertion_use_region_analysis": True}
 
 
 def _loop(*args, **kwargs) -> jax.Array:
