@@ -1,4 +1,5 @@
-"""The hand-written attention backward, fused projections and the standard FLOPs count."""
+"""The hand-written attention backward, fused projections, the transposed-key decode
+cache and the standard FLOPs count."""
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -78,6 +79,48 @@ def test_project_together_equals_separate_layers():
   x = jnp.asarray(np.random.default_rng(0).normal(size=(2, 5, 16)), jnp.float32)
   for got, layer in zip(linear.project_together(x, layers), layers):
     np.testing.assert_allclose(got, layer(x), atol=1e-6, rtol=1e-6)
+
+
+def test_unfused_projections_give_the_fused_values():
+  """Within linear.unfused_projections() project_together runs one matmul per layer
+  (what the decode loops trace into conditionals): the same outputs as fused."""
+  rngs = nnx.Rngs(0)
+  layers = [linear.Dense(16, n, rngs=rngs) for n in (24, 8, 8)]
+  x = jnp.asarray(np.random.default_rng(1).normal(size=(3, 16)), jnp.float32)
+  fused = linear.project_together(x, layers)
+  with linear.unfused_projections():
+    unfused = linear.project_together(x, layers)
+    traced = jax.make_jaxpr(lambda x: linear.project_together(x, layers))(x)
+  assert "concatenate" not in str(traced)
+  assert "concatenate" in str(jax.make_jaxpr(lambda x: linear.project_together(x, layers))(x))
+  for got, want in zip(unfused, fused):
+    np.testing.assert_allclose(got, want, atol=1e-6, rtol=1e-6)
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+@pytest.mark.parametrize("window,kv_heads,use_softmax1", [
+    (None, 4, False), (3, 2, False), (None, 2, True)])
+def test_transposed_key_cache_steps_equal_the_plain_cache(batch, window, kv_heads, use_softmax1):
+  """Attention.decode with keys_transposed (a prefill of 4 positions, then one position
+  per step through attend_cache_and_new: the cache before the update plus the new key)
+  gives the outputs of the plain [B, K, S, Dh] cache, and the same cache contents."""
+  attn = attention.Attention(32, 4, rngs=nnx.Rngs(0), num_kv_heads=kv_heads, window=window,
+                             use_softmax1=use_softmax1)
+  x = jnp.asarray(np.random.default_rng(2).normal(size=(batch, 9, 32)), jnp.float32)
+  outputs = {}
+  for transposed in (False, True):
+    cache = attn.init_cache(batch, 12, keys_transposed=transposed)
+    out, cache = attn.decode(x[:, :4], cache, jnp.asarray(0))
+    steps = [out]
+    for t in range(4, 9):
+      out, cache = jax.jit(attn.decode)(x[:, t:t + 1], cache, jnp.asarray(t))
+      steps.append(out)
+    keys = jnp.swapaxes(cache["k_transposed"], 2, 3) if transposed else cache["k"]
+    outputs[transposed] = (jnp.concatenate(steps, axis=1), keys, cache["v"])
+  for got, want in zip(outputs[True], outputs[False]):
+    np.testing.assert_allclose(got, want, atol=2e-6, rtol=2e-5)
+  full = attn(x, jnp.broadcast_to(jnp.arange(9), (batch, 9)), jnp.ones((batch, 9), jnp.int32))
+  np.testing.assert_allclose(outputs[True][0], full, atol=2e-5, rtol=2e-4)
 
 
 def test_standard_model_flops_count():

@@ -111,22 +111,48 @@ _attention.defvjp(_attention_fwd, _attention_bwd)
 
 
 def attend_cache(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array,
-                 logit_bias: jax.Array | None = None, *, use_softmax1: bool = False) -> jax.Array:
+                 logit_bias: jax.Array | None = None, *, use_softmax1: bool = False,
+                 keys_transposed: bool = False) -> jax.Array:
   """attend() over a KV cache in its [B, K, S, Dh] layout (decoding): q [B, T, H, Dh],
-  k/v [B, K, S, Dh], mask [B, 1|H, T, S] -> [B, T, H, Dh]. Heads-major keeps both
-  products plain batched matmuls over the cache as it lies; in attend()'s [B, S, K, Dh]
-  layout XLA copied the whole cache at every step (12x the attention time at batch 16)."""
+  k/v [B, K, S, Dh] (k [B, K, Dh, S] with keys_transposed), mask [B, 1|H, T, S] ->
+  [B, T, H, Dh]. Heads-major keeps both products plain batched matmuls over the cache as
+  it lies; in attend()'s [B, S, K, Dh] layout XLA copied the whole cache at every step
+  (12x the attention time at batch 16)."""
   B, T, H, Dh = q.shape
   K = k.shape[1]
   q = jnp.moveaxis(q.reshape(B, T, K, H // K, Dh), 1, 3)  # [B, K, G, T, Dh]
-  logits = jnp.einsum("bkgtd,bksd->bkgts", q, k).astype(jnp.float32) * (Dh ** -0.5)
-  logits = logits.reshape(B, H, T, -1)
+  logits = jnp.einsum("bkgtd,bkds->bkgts" if keys_transposed else "bkgtd,bksd->bkgts", q, k)
+  logits = logits.astype(jnp.float32).reshape(B, H, T, -1) * (Dh ** -0.5)
   if logit_bias is not None:
     logits = logits + logit_bias.astype(jnp.float32)
   logits = jnp.where(mask, logits, NEG_INF)
   weights = (softmax1 if use_softmax1 else jax.nn.softmax)(logits, axis=-1).astype(v.dtype)
   out = jnp.einsum("bkgts,bksd->bkgtd", weights.reshape(B, K, H // K, T, -1), v)
   return jnp.moveaxis(out, 3, 1).reshape(B, T, H, Dh)
+
+
+def attend_cache_and_new(q: jax.Array, k_cache: jax.Array, v_cache: jax.Array,
+                         k_new: jax.Array, v_new: jax.Array, visible: jax.Array, *,
+                         use_softmax1: bool = False) -> jax.Array:
+  """One query per row over the cache as it was before this step plus the step's own
+  key: the same softmax as attend_cache over the cache with the new key written in, but
+  the products read the cache before the step updates it, so the update has a single
+  reader (the loop's carry) and XLA performs it in place.
+
+  q [B, 1, H, Dh]; k_cache [B, K, Dh, S] (keys transposed: the layout XLA:CPU's batched
+  matrix-vector product reads without a copy), v_cache [B, K, S, Dh]; k_new, v_new
+  [B, K, 1, Dh]; visible [S] bool (the cache slots this query attends to, not the one the
+  new key goes to) -> [B, 1, H, Dh]."""
+  B, _, H, Dh = q.shape
+  K, S = v_cache.shape[1], v_cache.shape[2]
+  q = jnp.moveaxis(q.reshape(B, 1, K, H // K, Dh), 1, 3)                   # [B, K, G, 1, Dh]
+  cached = jnp.einsum("bkgtd,bkds->bkgts", q, k_cache).astype(jnp.float32)  # [B, K, G, 1, S]
+  new = jnp.einsum("bkgtd,bksd->bkgts", q, k_new).astype(jnp.float32)      # [B, K, G, 1, 1]
+  logits = jnp.concatenate([jnp.where(visible, cached, NEG_INF), new], axis=-1) * (Dh ** -0.5)
+  weights = (softmax1 if use_softmax1 else jax.nn.softmax)(logits, axis=-1).astype(v_cache.dtype)
+  out = (jnp.einsum("bkgts,bksd->bkgtd", weights[..., :S], v_cache)
+         + weights[..., S:] * v_new[:, :, None])                             # [B, K, G, 1, Dh]
+  return jnp.moveaxis(out, 3, 1).reshape(B, 1, H, Dh)
 
 
 def write_rows(cache: jax.Array, new: jax.Array, slot: jax.Array) -> jax.Array:
@@ -174,9 +200,15 @@ class Attention(nnx.Module):
     out = attend(q, k, v, mask, logit_bias, use_softmax1=self.use_softmax1)
     return self.out(out.reshape(*x.shape[:2], -1))
 
-  def init_cache(self, batch_size: int, max_len: int, dtype=jnp.float32) -> dict[str, Any]:
-    """{"k", "v"}: [B, K, max_len, Dh] (heads-major: see attend_cache)."""
+  def init_cache(self, batch_size: int, max_len: int, dtype=jnp.float32, *,
+                 keys_transposed: bool = False) -> dict[str, Any]:
+    """{"k", "v"}: [B, K, max_len, Dh] (heads-major: see attend_cache). keys_transposed:
+    {"k_transposed": [B, K, Dh, max_len], "v"}, which decode() steps through
+    attend_cache_and_new (the key of the dict names the layout, so it is static)."""
     shape = (batch_size, self.num_kv_heads, max_len, self.head_dim)
+    if keys_transposed:
+      transposed = (batch_size, self.num_kv_heads, self.head_dim, max_len)
+      return {"k_transposed": jnp.zeros(transposed, dtype), "v": jnp.zeros(shape, dtype)}
     return {"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype)}
 
   def decode(self, x: jax.Array, cache: dict[str, Any], index: jax.Array,
@@ -192,17 +224,35 @@ class Attention(nnx.Module):
     Returns ([B, T, D], new cache).
     """
     B, T, _ = x.shape
-    S = cache["k"].shape[2]
+    S = cache["v"].shape[2]
+    transposed = "k_transposed" in cache
     q_index = index + jnp.broadcast_to(jnp.arange(T), (B, T))
     q, k, v = self._project(x, q_index)
-    k_all = jax.lax.dynamic_update_slice(  # [B, K, S, Dh]
-        cache["k"], jnp.moveaxis(k, 1, 2).astype(cache["k"].dtype), (0, 0, index, 0))
-    v_all = jax.lax.dynamic_update_slice(
-        cache["v"], jnp.moveaxis(v, 1, 2).astype(cache["v"].dtype), (0, 0, index, 0))
+    k_new = jnp.moveaxis(k, 1, 2)  # [B, K, T, Dh]
+    v_new = jnp.moveaxis(v, 1, 2)
+    v_all = jax.lax.dynamic_update_slice(cache["v"], v_new.astype(cache["v"].dtype), (0, 0, index, 0))
+    if transposed:
+      k_all = jax.lax.dynamic_update_slice(  # [B, K, Dh, S]
+          cache["k_transposed"], jnp.swapaxes(k_new, 2, 3).astype(cache["k_transposed"].dtype),
+          (0, 0, 0, index))
+      new_cache = {"k_transposed": k_all, "v": v_all}
+    else:
+      k_all = jax.lax.dynamic_update_slice(  # [B, K, S, Dh]
+          cache["k"], k_new.astype(cache["k"].dtype), (0, 0, index, 0))
+      new_cache = {"k": k_all, "v": v_all}
+    if transposed and T == 1 and valid is None and logit_bias is None:
+      slot = jnp.arange(S)
+      visible = slot < index
+      if self.window is not None:
+        visible &= index - slot < self.window
+      out = attend_cache_and_new(
+          q, cache["k_transposed"].astype(q.dtype), cache["v"].astype(q.dtype),
+          k_new.astype(q.dtype), v_new.astype(q.dtype), visible, use_softmax1=self.use_softmax1)
+      return self.out(out.reshape(B, T, -1)), new_cache
     k_index = jnp.broadcast_to(jnp.arange(S), (B, S))
     seg_q = jnp.ones((B, T), jnp.int32)
     seg_k = jnp.ones((B, S), jnp.int32) if valid is None else valid.astype(jnp.int32)
     mask = make_mask(seg_q, seg_k, q_index, k_index, causal=True, window=self.window)
     out = attend_cache(q, k_all.astype(q.dtype), v_all.astype(q.dtype), mask, logit_bias,
-                       use_softmax1=self.use_softmax1)
-    return self.out(out.reshape(B, T, -1)), {"k": k_all, "v": v_all}
+                       use_softmax1=self.use_softmax1, keys_transposed=transposed)
+    return self.out(out.reshape(B, T, -1)), new_cache

@@ -32,8 +32,9 @@ class TransformerBlock(nnx.Module):
     x = x + self.mlp(self.mlp_norm(x))
     return shard(x, ("batch", "length", "act_embed"))
 
-  def init_cache(self, batch_size: int, max_len: int, dtype=jnp.float32) -> dict[str, Any]:
-    return self.attn.init_cache(batch_size, max_len, dtype)
+  def init_cache(self, batch_size: int, max_len: int, dtype=jnp.float32, *,
+                 keys_transposed: bool = False) -> dict[str, Any]:
+    return self.attn.init_cache(batch_size, max_len, dtype, keys_transposed=keys_transposed)
 
   def decode(self, x: jax.Array, cache: dict[str, Any], index: jax.Array,
              valid: jax.Array | None = None) -> tuple[jax.Array, dict[str, Any]]:
