@@ -68,12 +68,18 @@ def test_late_boundary_uses_open_word():
                              np.asarray(forward(model, b))[:, :7], atol=0, rtol=0)
 
 
-@pytest.mark.parametrize("name", ["lyt", "byte2word"])
-def test_cached_generation_matches_forward(name):
+@pytest.mark.parametrize("name,word_len", [("lyt", WORD_LEN), ("byte2word", WORD_LEN),
+                                           ("lyt", 12)])
+def test_cached_generation_matches_forward(name, word_len):
   """Rows finish words at different steps; late boundaries (an incomplete multi-byte
-  character: "ab×", "中"; invalid bytes) re-read the new word's bytes with the new vector."""
-  docs = DOCS + ["ab×e 中".encode() + b"\xe6x \xff camelCase", "xy ab× ab".encode()]
-  testing.assert_word_cached_generation_matches(tiny_config(name), docs, 30, 20, WORD_LEN)
+  character: "ab×", "中"; invalid bytes) re-read the new word's bytes with the new vector.
+  With 12-byte word slots the step decodes open words of up to word_pooled.SHORT_WORD
+  bytes over the first positions only and longer ones ("camelCase", "klmnopqrstu") over
+  all of them."""
+  docs = DOCS + ["ab×e 中".encode() + b"\xe6x \xff camelCase", "xy ab× ab".encode(),
+                 b"klmnopqrstu v"]
+  testing.assert_word_cached_generation_matches(tiny_config(name, max_word_len=word_len),
+                                                docs, 30, 20, word_len)
 
 
 def test_generate_rows_match_alone():

@@ -54,6 +54,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from hnet.bytes import PAD_ID
+from hnet.layers import linear
 from hnet.layers.linear import Dense, Embed, normal_param
 from hnet.layers.norm import RMSNorm
 from hnet.layers.pooling import make_pooling, words_to_stream
@@ -62,6 +63,11 @@ from hnet.models import hat
 from hnet.models.hat import backbone_advance, finish_words, shift_words, word_metrics
 from hnet.models.output import ModelOutput
 from hnet.sharding import shard
+
+
+# Generation runs the in-word decoder over the first SHORT_WORD + 1 positions while every
+# row's open word has at most SHORT_WORD bytes (most words), else over all Lw + 1.
+SHORT_WORD = 8
 
 
 class WordPooledLM(nnx.Module):
@@ -188,13 +194,26 @@ class WordPooledLM(nnx.Module):
     open_ids = jnp.take_along_axis(state["open_ids"], jnp.clip(idx, 0, Lbuf - 1), axis=1)
     state["open_ids"] = jnp.where(idx < Lbuf, open_ids, PAD_ID)
     state["fill"] = state["fill"] - offset
-    # In-word decoder over [proj(pred), open bytes] (the open word has <= Lw bytes).
+    # In-word decoder over [proj(pred), open bytes] (the open word has <= Lw bytes). It is
+    # causal, so the output at the open word's last byte reads only the first fill + 1
+    # positions: while every row's open word is short, the first SHORT_WORD + 1 give it.
     open_mask = jnp.arange(Lw)[None] < state["fill"][:, None]                     # [B, Lw]
     word_ids = jnp.where(open_mask, state["open_ids"][:, :Lw], PAD_ID)
-    out = self._decode_words(state["pred"][:, None].astype(self.embed.dtype), word_ids[:, None],
-                             open_mask[:, None])[:, 0]                             # [B, Lw, Db]
     last = jnp.clip(state["fill"] - 1, 0, Lw - 1)
-    y = jnp.take_along_axis(out, last[:, None, None], axis=1)                     # [B, 1, Db]
+    pred = state["pred"][:, None].astype(self.embed.dtype)                        # [B, 1, D]
+
+    def last_byte_output(width):
+      def run(pred, word_ids, open_mask, last):
+        out = self._decode_words(pred, word_ids[:, None, :width], open_mask[:, None, :width])
+        return jnp.take_along_axis(out[:, 0], last[:, None, None], axis=1)        # [B, 1, Db]
+      return run
+
+    if Lw > SHORT_WORD:
+      with linear.unfused_projections():  # traced into the conditional (see there)
+        y = jax.lax.cond(jnp.all(state["fill"] <= SHORT_WORD), last_byte_output(SHORT_WORD),
+                         last_byte_output(Lw), pred, word_ids, open_mask, last)
+    else:
+      y = last_byte_output(Lw)(pred, word_ids, open_mask, last)
     logits = self.head(self.final_norm(y)).astype(jnp.float32)[:, 0]
     state["index"] = cache["index"] + 1
     return logits, state
