@@ -220,7 +220,8 @@ class Attention(nnx.Module):
     [B, S] marks which cache slots hold real tokens (default: all written slots),
     so rows whose streams advance at different rates can share one cache.
     `logit_bias` (broadcastable to [B, H, T, S]) is added to the logits, as in __call__
-    (T5 relative position bias over the cache slots).
+    (T5 relative position bias over the cache slots). A cache made with keys_transposed
+    steps one position (T = 1, no `valid`, no bias) through attend_cache_and_new.
     Returns ([B, T, D], new cache).
     """
     B, T, _ = x.shape
