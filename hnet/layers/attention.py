@@ -231,7 +231,8 @@ class Attention(nnx.Module):
     q, k, v = self._project(x, q_index)
     k_new = jnp.moveaxis(k, 1, 2)  # [B, K, T, Dh]
     v_new = jnp.moveaxis(v, 1, 2)
-    v_all = jax.lax.dynamic_update_slice(cache["v"], v_new.astype(cache["v"].dtype), (0, 0, index, 0))
+    v_all = jax.lax.dynamic_update_slice(  # [B, K, S, Dh]
+        cache["v"], v_new.astype(cache["v"].dtype), (0, 0, index, 0))
     if transposed:
       k_all = jax.lax.dynamic_update_slice(  # [B, K, Dh, S]
           cache["k_transposed"], jnp.swapaxes(k_new, 2, 3).astype(cache["k_transposed"].dtype),

@@ -272,7 +272,8 @@ class HAT(nnx.Module):
     backbone = [bb.init_cache(B, max_len) for _ in self.backbone]  # [B, K, S, Dh]
     enc_dim = self.embed.embedding.shape[1]
     return {"index": jnp.zeros((), jnp.int32),
-            "encoder": [layer.init_cache(B, max_len, keys_transposed=True) for layer in self.encoder],
+            "encoder": [layer.init_cache(B, max_len, keys_transposed=True)
+                        for layer in self.encoder],
             "decoder": [layer.block.init_cache(B, max_len, keys_transposed=True)
                         for layer in self.decoder],
             "backbone": backbone,
