@@ -246,8 +246,9 @@ def subprocess_env(devices: int = 1, **extra: str) -> dict[str, str]:
 
 
 def subprocess_xla_flags(devices: int = 1) -> str:
-  """XLA_FLAGS for a test's subprocess: `devices` simulated CPU devices, and the backend
-  optimisation level the suite compiles at (tests/conftest.py), when one is set."""
+  """XLA_FLAGS for a test's subprocess: `devices` simulated CPU devices, and the
+  compile-speed flags the suite compiles with (tests/conftest.py), where set."""
   flags = [f"--xla_force_host_platform_device_count={devices}"] if devices > 1 else []
-  level = re.search(r"--xla_backend_optimization_level=\d+", os.environ.get("XLA_FLAGS", ""))
-  return " ".join(flags + ([level.group(0)] if level else []))
+  compile_speed = re.findall(r"--xla_(?:backend_optimization_level|cpu_use_fusion_emitters)=\w+",
+                             os.environ.get("XLA_FLAGS", ""))
+  return " ".join(flags + compile_speed)

