@@ -56,7 +56,7 @@ def pytest_configure(config):
 
 
 def _file_seconds() -> dict[str, float]:
-  """Measured seconds per test file (tests/file_seconds.json, tools/test_file_seconds.py)."""
+  """Measured seconds per test file (tests/file_seconds.json, tools/suite_file_seconds.py)."""
   import json
   path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "file_seconds.json")
   try:

@@ -1,7 +1,7 @@
 """Per-file test seconds from an HNET_TEST_TIMES log, as tests/file_seconds.json wants them.
 
   HNET_TEST_TIMES=/tmp/t.txt bash launch/test.sh --all
-  python tools/test_file_seconds.py /tmp/t.txt > tests/file_seconds.json
+  python tools/suite_file_seconds.py /tmp/t.txt > tests/file_seconds.json
 
 tests/conftest.py hands the heaviest files to the pytest-xdist workers first (a file runs
 on one worker, `--dist loadfile`), so that no long file starts last while the other worker
