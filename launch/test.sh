@@ -36,5 +36,5 @@ case "$tier" in
   all) marks=() ;;
 esac
 echo "== pytest ${marks[*]} on $workers worker(s)" >&2
-HNET_TEST_FAST_COMPILE=${HNET_TEST_FAST_COMPILE:-1} exec .venv/bin/python -m pytest -q "${xdist[@]}" \
-    "${marks[@]}" tests "$@"
+export HNET_TEST_FAST_COMPILE=${HNET_TEST_FAST_COMPILE:-1}
+exec .venv/bin/python -m pytest -q "${xdist[@]}" "${marks[@]}" tests "$@"
