@@ -55,26 +55,15 @@ def pytest_configure(config):
       "trained fixtures exported to transformers, AOT compiles, SLURM, GCS, several processes")
 
 
-def _file_seconds() -> dict[str, float]:
-  """Measured seconds per test file (tests/file_seconds.json, tools/suite_file_seconds.py)."""
-  import json
-  path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "file_seconds.json")
-  try:
-    with open(path) as f:
-      return json.load(f)
-  except (OSError, ValueError):
-    return {}
-
-
 def pytest_collection_modifyitems(config, items):
   """Heaviest files first: pytest-xdist (`--dist loadfile --no-loadscope-reorder`, as
   launch/test.sh runs it) then hands each worker the longest file left, and no long file
-  starts last while the other worker idles. A file not yet measured counts as 30 s; the
-  order within a file is kept. Without xdist the order does not matter."""
-  seconds = _file_seconds()
-  def weight(item):
-    return -seconds.get(item.nodeid.split("::")[0], 30.0)
-  items.sort(key=weight)  # stable: tests keep their order within a file
+  starts last while the other worker idles. Weights: tests/file_seconds.json
+  (tools/suite_file_seconds.py); the order within a file is kept. Without xdist the order
+  does not matter."""
+  from tools.suite_file_seconds import file_weight, load_table
+  table = load_table()
+  items.sort(key=lambda item: -file_weight(table, item.nodeid))  # stable within a file
 
 
 def _cpu_seconds() -> float:

@@ -1,11 +1,8 @@
 """tools/suite_file_seconds.py and tests/file_seconds.json, which order the suite's files
 for the pytest-xdist workers (tests/conftest.py: heaviest first)."""
-import json
 import os
 
-from tools.suite_file_seconds import file_seconds
-
-HERE = os.path.dirname(os.path.abspath(__file__))
+from tools.suite_file_seconds import TABLE, file_seconds, file_weight, load_table
 
 
 def test_phases_are_summed_by_file_heaviest_first():
@@ -20,10 +17,9 @@ def test_phases_are_summed_by_file_heaviest_first():
 
 
 def test_checked_in_seconds_name_existing_test_files():
-  with open(os.path.join(HERE, "file_seconds.json")) as f:
-    seconds = json.load(f)
+  seconds = load_table()
   assert len(seconds) > 20
-  root = os.path.dirname(HERE)
+  root = os.path.dirname(os.path.dirname(TABLE))
   missing = [path for path in seconds if not os.path.isfile(os.path.join(root, path))]
   assert not missing, f"tests/file_seconds.json names files that are gone: {missing}"
   assert all(value >= 0 for value in seconds.values())
@@ -31,13 +27,12 @@ def test_checked_in_seconds_name_existing_test_files():
 
 def test_collection_runs_the_heaviest_files_first(request):
   """This session's collection order (tests/conftest.py) follows file_seconds.json."""
-  with open(os.path.join(HERE, "file_seconds.json")) as f:
-    seconds = json.load(f)
+  table = load_table()
   files = []
   for item in request.session.items:
     path = item.nodeid.split("::")[0]
     if not files or files[-1] != path:
       files.append(path)
   assert len(files) == len(set(files)), "a file's tests are split apart"
-  weights = [seconds.get(path, 30.0) for path in files]
+  weights = [file_weight(table, path) for path in files]
   assert weights == sorted(weights, reverse=True)

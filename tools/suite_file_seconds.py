@@ -9,7 +9,26 @@ idles. Each line of the log is "<wall s> <CPU s> <phase> <outcome> <worker> <tes
 """
 import collections
 import json
+import os
 import sys
+
+TABLE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests",
+                     "file_seconds.json")
+UNMEASURED_SECONDS = 30.0  # a test file not in the table yet
+
+
+def load_table(path: str = TABLE) -> dict[str, float]:
+  """The checked-in seconds per test file; {} when the table is missing or unreadable."""
+  try:
+    with open(path) as f:
+      return json.load(f)
+  except (OSError, ValueError):
+    return {}
+
+
+def file_weight(table: dict[str, float], nodeid: str) -> float:
+  """Seconds a test's file is expected to take, from its pytest node id."""
+  return table.get(nodeid.split("::")[0], UNMEASURED_SECONDS)
 
 
 def file_seconds(lines) -> dict[str, float]:
