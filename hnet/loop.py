@@ -20,7 +20,7 @@ import math
 import os
 import signal
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import grain
 import jax
@@ -198,24 +198,27 @@ def _lock_workdir(workdir) -> workdir_lock.WorkdirLock | None:
   return lock
 
 
-def run(config, workdir: str) -> dict[str, Any]:
+def run(config, workdir: str, devices: Sequence[jax.Device] | None = None) -> dict[str, Any]:
   """Trains `config` in `workdir` (a local path or gs://..., resuming if it holds
   checkpoints) while holding the workdir lock; returns a summary. SIGTERM at any point,
-  even while compiling, stops cleanly (exit 0 from hnet.main)."""
+  even while compiling, stops cleanly (exit 0 from hnet.main).
+
+  devices: the devices the mesh (config.mesh) spans; every visible device by default. A
+  single process may train on fewer, e.g. `jax.devices()[:1]` beside other work."""
   workdir = storage.resolve(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
   lock = _lock_workdir(workdir)
   try:
     with _Preemption() as preemption:
-      return _run(config, workdir, lock, preemption)
+      return _run(config, workdir, lock, preemption, devices)
   finally:
     if lock is not None:
       lock.release()
 
 
-def _run(config, workdir, lock, preemption: _Preemption) -> dict[str, Any]:
+def _run(config, workdir, lock, preemption: _Preemption, devices) -> dict[str, Any]:
   _prepare_bpe(config, workdir)
-  mesh = sharding.make_mesh(config.mesh.data, config.mesh.fsdp, config.mesh.tensor)
+  mesh = sharding.make_mesh(config.mesh.data, config.mesh.fsdp, config.mesh.tensor, devices)
   log.info("mesh %s over %d devices", dict(mesh.shape), mesh.size)
   with sharding.rules(config.mesh.get("rules", sharding.DEFAULT_RULES)):
     sharding.check_global_batch(mesh, config.train.batch_size)
@@ -248,12 +251,12 @@ def _run(config, workdir, lock, preemption: _Preemption) -> dict[str, Any]:
     return _stop_before_first_step(start, state, manager)
   eval_fn = jit_eval_step(setup, example)
   # cost_analysis counts one device's program: the step's FLOPs are that times the devices.
-  step_flops = compiled_flops(compiled) * jax.device_count()
+  step_flops = compiled_flops(compiled) * mesh.size
   memory = compiled_memory(compiled)
   # CPU devices beyond the first are simulated (--xla_force_host_platform_device_count,
   # launch/local.sh) and share the host's cores, which one device's matmul already uses.
-  per_process = 1 if jax.default_backend() == "cpu" else jax.local_device_count()
-  peak = measure_matmul_peak(1024, repeats=3) * per_process * jax.process_count()
+  peak_devices = jax.process_count() if jax.default_backend() == "cpu" else mesh.size
+  peak = measure_matmul_peak(1024, repeats=3) * peak_devices
   log.info("train step: %.3g FLOPs, memory per device %s", step_flops, memory)
 
   logger = MetricLogger(workdir, config.train.steps, start)

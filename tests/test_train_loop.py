@@ -379,6 +379,22 @@ def test_batch_that_the_data_axes_cannot_divide_is_an_error(corpus, tmp_path):
     loop.run(config_for(corpus, **{"train.batch_size": 4, "train.steps": 1}), str(tmp_path / "run"))
 
 
+def test_a_run_can_take_some_of_the_devices(corpus, tmp_path):
+  """loop.run(devices=...) spans its mesh over those devices only; config.mesh still
+  checks that they divide (data=-1: all of them)."""
+  import jax
+  from hnet import loop
+  devices = jax.devices()[2:4]
+  summary = loop.run(config_for(corpus, **{"train.steps": 1}), str(tmp_path / "run"),
+                     devices=devices)
+  assert summary["step"] == 1
+  for leaf in jax.tree.leaves(summary["state"]):
+    assert leaf.sharding.device_set == set(devices)
+  with pytest.raises(ValueError, match=r"mesh data\*fsdp\*tensor = 4\*1\*1 = 4 but 2 devices"):
+    loop.run(config_for(corpus, **{"train.steps": 1, "mesh.data": 4}), str(tmp_path / "other"),
+             devices=devices)
+
+
 def _train_records(workdir) -> list[dict]:
   with open(os.path.join(workdir, "metrics.jsonl")) as f:
     return [r for r in map(json.loads, f) if r["split"] == "train"]
