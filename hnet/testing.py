@@ -41,9 +41,22 @@ def packed_byte_batch(seed: int, batch_size: int, length: int, doc_lengths=(None
           "positions": positions, "loss_mask": loss_mask}
 
 
+_jit_forward = nnx.jit(lambda model, batch: model(batch))
+
+
+def forward(model, batch: dict):
+  """model(batch), its ModelOutput, run as one jitted program. Run op by op, a forward
+  compiles a program per operation and shape, hundreds of them: seconds a test here."""
+  return _jit_forward(model, {k: jnp.asarray(v) for k, v in batch.items()})
+
+
+def forward_logits(model, batch: dict) -> np.ndarray:
+  """forward(model, batch).logits as a numpy array."""
+  return np.asarray(forward(model, batch).logits)
+
+
 def model_logits(config, batch, seed: int = 0) -> jax.Array:
-  model = build_model(config.model, nnx.Rngs(seed))
-  return nnx.jit(lambda m, b: m(b).logits)(model, batch)
+  return forward(build_model(config.model, nnx.Rngs(seed)), batch).logits
 
 
 def assert_causal(config, batch, positions=(0, 5, 17), key: str = "inputs", atol: float = 0.0):

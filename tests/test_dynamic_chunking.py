@@ -88,11 +88,7 @@ def _numpy_reference(h, segment_ids, w_q, w_k, residual, capacity=None):
 @pytest.mark.parametrize("implementation", ["jnp", "pallas"])
 def test_chunk_dechunk_at_full_capacity_is_exact(implementation):
   h, segment_ids, router, residual = _inputs()
-  stream = _stream(segment_ids)
-  impl = dict(implementation=implementation, interpret=True)
-  routed = dc.route_and_chunk(router, jnp.asarray(h), stream, h.shape[1], **impl)
-  z = _inner_fn(routed.chunks, routed.inner.positions)
-  out = dc.dechunk_and_combine(z, routed, jnp.asarray(residual), **impl)
+  routed, out = _route_dechunk(router, h, segment_ids, residual, h.shape[1], implementation)
   expected, probs, masks = _numpy_reference(h, segment_ids, np.asarray(router.query[...]),
                                             np.asarray(router.key[...]), residual)
   np.testing.assert_array_equal(np.asarray(routed.boundary_mask), masks)

@@ -18,7 +18,7 @@ import textwrap
 import numpy as np
 import pytest
 
-from hnet.testing import subprocess_env
+from hnet.testing import forward_logits, subprocess_env
 
 from tests.export_helpers import (LOGIT_ATOL, PROMPTS, ROOT, SHAKESPEARE as TEXT, hf_model, jax_model, run_tool,
                                   shrink as _shrunk, train_and_export as _train_and_export,
@@ -111,7 +111,6 @@ def _byt5_batch():
 
 def hf_and_jax_logits(run):
   """(HF logits, JAX logits, mask of the real positions) on rows of different lengths."""
-  import jax.numpy as jnp
   import torch
   model, _ = _jax_model(run)
   hf = _hf_model(run)
@@ -126,7 +125,7 @@ def hf_and_jax_logits(run):
     ids, mask, batch = _decoder_batch(run, PROMPTS + [b"JULIET: O Romeo, Romeo, wherefore art thou"])
     with torch.no_grad():
       theirs = hf(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask)).logits.numpy()
-  ours = np.asarray(model({k: jnp.asarray(v) for k, v in batch.items()}).logits)
+  ours = forward_logits(model, batch)
   return theirs, ours, mask.astype(bool)
 
 
@@ -294,7 +293,6 @@ FRESH_PROCESS = textwrap.dedent("""
 
 
 def _last_logits(run, ids):
-  import jax.numpy as jnp
   from hnet import generate as hgenerate
   model, _ = _jax_model(run)
   if run.config.model.name == "byt5":
@@ -305,7 +303,7 @@ def _last_logits(run, ids):
     ids = [257] + ids
     batch = {"inputs": np.asarray([ids], np.int32), "segment_ids": np.ones((1, len(ids)), np.int32),
              "positions": np.arange(len(ids))[None].astype(np.int32)}
-  return np.asarray(model({k: jnp.asarray(v) for k, v in batch.items()}).logits)[0, -1]
+  return forward_logits(model, batch)[0, -1]
 
 
 @pytest.mark.slow

@@ -18,6 +18,7 @@ import textwrap
 import numpy as np
 import pytest
 
+from hnet.testing import forward_logits
 from tests.export_helpers import (LOGIT_ATOL, PROMPTS, ROOT, hf_model, jax_model,
                                   run_tool, shrink, train_and_export as _train_and_export,
                                   write_corpus)
@@ -91,7 +92,6 @@ def _tokenizer(run, padding_side="right"):
 
 def hf_and_jax_logits(run, rows=LOGIT_ROWS, padding_side="right"):
   """(HF logits, JAX logits, real-position mask), both in the HF batch's columns."""
-  import jax.numpy as jnp
   import torch
   from hnet.testing import word_layout_batch
   model, _ = _jax_model(run)
@@ -104,7 +104,7 @@ def hf_and_jax_logits(run, rows=LOGIT_ROWS, padding_side="right"):
   length = int(mask.sum(1).max())
   Lw = int(run.config.data.bytes_per_word)
   batch = word_layout_batch([[r] for r in rows], length, num_words=length, word_len=Lw)
-  ours = np.asarray(model({k: jnp.asarray(v) for k, v in batch.items()}).logits)
+  ours = forward_logits(model, batch)
   ours_cols = np.zeros_like(theirs)
   for b in range(len(rows)):
     columns = np.flatnonzero(mask[b])

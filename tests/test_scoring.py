@@ -14,7 +14,7 @@ from flax import nnx
 
 from configs import base
 from hnet import bytes as hbytes
-from hnet import loop, sharding
+from hnet import loop, sharding, testing
 from hnet.data import bpe, sources
 from hnet.eval import scoring
 from hnet.models import build_model
@@ -69,7 +69,7 @@ def direct_byte_logprob(model, context: bytes, continuation: bytes, seq_len: int
   batch = {"inputs": inputs, "targets": targets, "segment_ids": real.astype(np.int32),
            "positions": np.where(real, np.arange(seq_len), 0).astype(np.int32),
            "loss_mask": real.astype(np.float32)}
-  logp = np.asarray(jax.nn.log_softmax(model(batch).logits.astype(jnp.float32)))[0]
+  logp = np.asarray(jax.nn.log_softmax(testing.forward_logits(model, batch).astype(np.float32)))[0]
   return float(sum(logp[t, targets[0, t]] for t in range(len(context), n)))
 
 
@@ -151,7 +151,7 @@ def test_bpe_scores_separately_tokenised_continuation(corpus, tmp_path):
   batch = {"inputs": ids[None, :-1], "targets": ids[None, 1:],
            "segment_ids": np.ones([1, n], np.int32), "positions": np.arange(n)[None],
            "loss_mask": np.ones([1, n], np.float32)}
-  logp = np.asarray(jax.nn.log_softmax(model(batch).logits))[0]
+  logp = np.asarray(jax.nn.log_softmax(testing.forward_logits(model, batch)))[0]
   want = sum(logp[t, ids[t + 1]] for t in range(len(ctx_ids), n))
   np.testing.assert_allclose(got, want, rtol=1e-5)
   assert tokenizer.decode(cont_ids) == continuation
@@ -170,12 +170,13 @@ def test_mrt5_prefix_lm_matches_cached_decoding(corpus):
   got = scoring.make_logprob_fn(model, config)([CONTEXT], [CONTINUATION])[0]
   row, _ = scoring._encdec_row(CONTEXT, CONTINUATION, config)
   batch = {k: jnp.asarray(v)[None] for k, v in row.items()}
-  encoded = model.encode(batch)
+  encoded = nnx.jit(lambda m, b: m.encode(b))(model, batch)
   cache = model.init_cache(1, len(CONTINUATION), encoded)
   ids = np.concatenate([[hbytes.BOS_ID], hbytes.encode(CONTINUATION)])
   want = 0.0
+  decode_step = nnx.jit(lambda m, c, i: m.decode_step(c, i))  # one program, not op by op
   for t in range(len(CONTINUATION)):
-    logits, cache = model.decode_step(cache, jnp.asarray(ids[t:t + 1]))
+    logits, cache = decode_step(model, cache, jnp.asarray(ids[t:t + 1]))
     want += float(jax.nn.log_softmax(logits[0])[ids[t + 1]])
   np.testing.assert_allclose(got, want, rtol=1e-4)
   doc = CONTEXT + CONTINUATION
