@@ -108,18 +108,20 @@ def test_transposed_key_cache_steps_equal_the_plain_cache(batch, window, kv_head
                              use_softmax1=use_softmax1)
   x = jnp.asarray(np.random.default_rng(2).normal(size=(batch, 9, 32)), jnp.float32)
   outputs = {}
+  decode = nnx.jit(lambda attn, x, cache, index: attn.decode(x, cache, index))
   for transposed in (False, True):
     cache = attn.init_cache(batch, 12, keys_transposed=transposed)
-    out, cache = attn.decode(x[:, :4], cache, jnp.asarray(0))
+    out, cache = decode(attn, x[:, :4], cache, jnp.asarray(0))
     steps = [out]
     for t in range(4, 9):
-      out, cache = jax.jit(attn.decode)(x[:, t:t + 1], cache, jnp.asarray(t))
+      out, cache = decode(attn, x[:, t:t + 1], cache, jnp.asarray(t))
       steps.append(out)
     keys = jnp.swapaxes(cache["k_transposed"], 2, 3) if transposed else cache["k"]
     outputs[transposed] = (jnp.concatenate(steps, axis=1), keys, cache["v"])
   for got, want in zip(outputs[True], outputs[False]):
     np.testing.assert_allclose(got, want, atol=2e-6, rtol=2e-5)
-  full = attn(x, jnp.broadcast_to(jnp.arange(9), (batch, 9)), jnp.ones((batch, 9), jnp.int32))
+  full = nnx.jit(lambda attn, x, positions, segment_ids: attn(x, positions, segment_ids))(
+      attn, x, jnp.broadcast_to(jnp.arange(9), (batch, 9)), jnp.ones((batch, 9), jnp.int32))
   np.testing.assert_allclose(outputs[True][0], full, atol=2e-5, rtol=2e-4)
 
 

@@ -118,7 +118,7 @@ def test_runs_on_words_rows():
   """Rows of hnet/data/words.py (whole words per row, documents continuing across rows)."""
   docs = [b"The cat sat on the mat.", b"Zebras zigzag", b"a b c d e f g"]
   batch = testing.words_rows_batch(docs, seq_len=24, words_per_row=10, bytes_per_word=WORD_LEN)
-  out = build_model(tiny_config().model, nnx.Rngs(0))(batch)
+  out = testing.forward(build_model(tiny_config().model, nnx.Rngs(0)), batch)
   assert out.logits.shape == batch["targets"].shape + (264,)
   assert np.isfinite(np.asarray(out.logits)).all()
 

@@ -1,4 +1,5 @@
 """Word pooling: shapes, masking (a word sees only its own bytes), stream <-> grid moves."""
+import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -24,6 +25,7 @@ def _inputs(seed=0):
 def test_shapes_and_masking(kind):
   pool = pooling.make_pooling(kind, D, 12, num_heads=2, rngs=nnx.Rngs(0), num_layers=1)
   x, mask, byte_pos, word_pos = _inputs()
+  pool = functools.partial(nnx.jit(lambda pool, *args: pool(*args)), pool)  # one program
   out = pool(x, mask, byte_pos, word_pos)
   assert out.shape == (B, W, 12) and np.isfinite(np.asarray(out)).all()
   # Changing masked-out slots (other words' padding) changes nothing.
