@@ -197,34 +197,41 @@ FRESH_PROCESS = textwrap.dedent("""
       raise SystemExit("hnet is importable: the test must run outside the project")
     except ImportError:
       pass
-    hf_dir = sys.argv[1]
-    model = AutoModelForCausalLM.from_pretrained(hf_dir, trust_remote_code=True).eval()
-    tokenizer = AutoTokenizer.from_pretrained(hf_dir, trust_remote_code=True)
-    enc = tokenizer(json.loads(sys.argv[2]), return_tensors="pt", padding=True)
-    with torch.no_grad():
-      logits = model(**enc).logits
-    print(json.dumps({{"logits": logits.tolist(), "mask": enc["attention_mask"].tolist()}}))
+    results = []
+    for hf_dir in sys.argv[2:]:
+      model = AutoModelForCausalLM.from_pretrained(hf_dir, trust_remote_code=True).eval()
+      tokenizer = AutoTokenizer.from_pretrained(hf_dir, trust_remote_code=True)
+      enc = tokenizer(json.loads(sys.argv[1]), return_tensors="pt", padding=True)
+      with torch.no_grad():
+        logits = model(**enc).logits
+      results.append({{"logits": logits.tolist(), "mask": enc["attention_mask"].tolist()}})
+    print(json.dumps(results))
 """)
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("family", FAMILIES)
-def test_export_loads_in_a_fresh_process_outside_the_project(family, request, tmp_path):
-  run = request.getfixturevalue(family)
-  hf_copy = tmp_path / "hf"
-  shutil.copytree(run.hf, hf_copy)
+def test_exports_load_in_a_fresh_process_outside_the_project(request, tmp_path):
+  """All three exports, copied out of the project, loaded one after another by one fresh
+  Python whose path holds nothing of the project (one torch + transformers start-up)."""
+  runs = [request.getfixturevalue(family) for family in FAMILIES]
+  copies = []
+  for run in runs:  # distinct directory names: transformers names remote modules after them
+    copies.append(tmp_path / pathlib.Path(run.hf).name)
+    shutil.copytree(run.hf, copies[-1])
   script = tmp_path / "load.py"
   script.write_text(FRESH_PROCESS.format(root=ROOT))
   env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "XLA_FLAGS")}
   env.update(HF_HUB_OFFLINE="1", HF_MODULES_CACHE=str(tmp_path / "modules"))
   rows = [r.decode() for r in LOGIT_ROWS]
-  proc = subprocess.run([sys.executable, str(script), str(hf_copy), json.dumps(rows)],
+  proc = subprocess.run([sys.executable, str(script), json.dumps(rows), *map(str, copies)],
                         cwd=str(tmp_path), env=env, capture_output=True, text=True, timeout=600)
   assert proc.returncode == 0, proc.stderr[-3000:]
-  out = json.loads(proc.stdout.strip().splitlines()[-1])
-  theirs, real = np.asarray(out["logits"]), np.asarray(out["mask"]).astype(bool)
-  _, ours, _ = hf_and_jax_logits(run)
-  assert float(np.max(np.abs(theirs - ours)[real])) < LOGIT_ATOL
+  outs = json.loads(proc.stdout.strip().splitlines()[-1])
+  assert len(outs) == len(runs)
+  for run, out in zip(runs, outs):
+    theirs, real = np.asarray(out["logits"]), np.asarray(out["mask"]).astype(bool)
+    _, ours, _ = hf_and_jax_logits(run)
+    assert float(np.max(np.abs(theirs - ours)[real])) < LOGIT_ATOL, run.name
 
 
 @pytest.mark.slow

@@ -2,9 +2,7 @@
 here on 127.0.0.1, see tests/slurm_cluster.py): 2 tasks train like 1 process, and a job
 stopped by `scancel --signal=TERM` requeues itself and ends with the losses of an
 uninterrupted run."""
-import os
 import re
-import subprocess
 import time
 
 import pytest
@@ -12,7 +10,8 @@ import pytest
 from hnet.testing import subprocess_xla_flags
 
 import slurm_cluster
-from test_train_loop import ROOT, _free_port, corpus, overrides, train_cli, train_losses  # noqa: F401
+from test_train_loop import (ROOT, _free_port, corpus, one_process_losses, overrides,  # noqa: F401
+                             train_losses)
 
 pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(bool(slurm_cluster.missing()), reason=slurm_cluster.missing())]
@@ -27,13 +26,9 @@ def slurm(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def reference(corpus, tmp_path_factory):
-  """Per-step losses of the same run in one process over 2 simulated devices."""
-  workdir = tmp_path_factory.mktemp("single") / "run"
-  cmd, env = train_cli(workdir, corpus, **STEPS)
-  env["XLA_FLAGS"] = subprocess_xla_flags(2)
-  result = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
-  assert result.returncode == 0, result.stderr[-2000:]
-  return train_losses(workdir)
+  """Per-step losses of the same run in one process over 2 simulated devices (the same
+  reference as tests/test_tpu_launcher.py's, run once)."""
+  return one_process_losses(tmp_path_factory, corpus, 2, **STEPS)
 
 
 def submit(slurm, corpus, workdir, log):

@@ -17,9 +17,9 @@ import time
 
 import pytest
 
-from hnet.testing import subprocess_env, subprocess_xla_flags
+from hnet.testing import subprocess_env
 
-from test_train_loop import ROOT, corpus, overrides, train_cli, train_losses  # noqa: F401
+from test_train_loop import ROOT, corpus, one_process_losses, overrides, train_losses  # noqa: F401
 
 STEPS = {"train.steps": 24, "checkpoint.every": 2, "mesh.data": 2}
 
@@ -180,11 +180,8 @@ def newest_checkpoint(workdir) -> int:
 
 
 @pytest.mark.slow
-def test_two_workers_train_like_one_through_preemptions(corpus, tmp_path):
-  cmd, env = train_cli(tmp_path / "single", corpus, **STEPS)
-  env["XLA_FLAGS"] = subprocess_xla_flags(2)
-  single = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
-  assert single.returncode == 0, single.stderr[-2000:]
+def test_two_workers_train_like_one_through_preemptions(corpus, tmp_path, tmp_path_factory):
+  expected = one_process_losses(tmp_path_factory, corpus, 2, **STEPS)  # as tests/test_slurm.py's
 
   state, env = standin(tmp_path)
   workdir = tmp_path / "run"
@@ -219,7 +216,7 @@ def test_two_workers_train_like_one_through_preemptions(corpus, tmp_path):
   assert any("is SUSPENDED: deleting it" in l for l in launcher_lines), "\n".join(launcher_lines)
   assert "training finished on every worker" in out
   assert "process 0 of 2 via tpu-env" in out  # worker 0's log, streamed
-  expected, got = train_losses(tmp_path / "single"), train_losses(workdir)
+  got = train_losses(workdir)
   assert set(got) == set(expected) == set(range(1, STEPS["train.steps"] + 1))
   for step in expected:
     assert got[step] == pytest.approx(expected[step], rel=1e-5), step

@@ -66,6 +66,32 @@ def train_losses(workdir) -> dict[int, float]:
   return losses
 
 
+def one_process_losses(tmp_path_factory, corpus, devices: int, **extra) -> dict[int, float]:
+  """Per-step losses of `train_cli(**extra)` in one process over `devices` simulated
+  devices: the reference that multi-process runs (SLURM tasks, the TPU launcher's workers)
+  must equal. Run once per pytest run for a given corpus and overrides: pytest-xdist's
+  workers share the result through a file in the run's common temporary directory,
+  written under an exclusive lock (the other worker waits rather than runs it again)."""
+  import fcntl
+  import hashlib
+  digest = hashlib.sha256(json.dumps([devices, extra], sort_keys=True).encode())
+  for name in sorted(os.listdir(corpus)):
+    digest.update(name.encode() + open(os.path.join(corpus, name), "rb").read())
+  base = tmp_path_factory.getbasetemp()
+  shared = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+  path = shared / f"one-process-losses-{digest.hexdigest()[:16]}.json"
+  with open(shared / "one-process-losses.lock", "w") as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    if not path.exists():
+      workdir = tmp_path_factory.mktemp("one_process") / "run"
+      cmd, env = train_cli(workdir, corpus, **extra)
+      env["XLA_FLAGS"] = subprocess_xla_flags(devices)
+      result = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+      assert result.returncode == 0, result.stderr[-2000:]
+      path.write_text(json.dumps(train_losses(workdir)))
+  return {int(step): loss for step, loss in json.loads(path.read_text()).items()}
+
+
 def config_for(corpus, **extra):
   from configs import transformer_tiny
   c = transformer_tiny.get_config()
