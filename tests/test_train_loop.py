@@ -428,15 +428,17 @@ def _train_records(workdir) -> list[dict]:
 
 @pytest.mark.slow
 def test_throughput_does_not_depend_on_how_often_it_is_logged(corpus, tmp_path):
-  """mfu over steps 21-40 logged every step vs every 20 steps (issue 18: within 20%). Each
-  record covers the wall time of its steps, measured once their results are ready.
+  """Model FLOP/s over steps 21-40 logged every step vs every 20 steps (issue 18: within
+  20%). Each record covers the wall time of its steps, measured once their results are
+  ready.
 
-  A 20-step window is about 0.6 s here, and a shared machine (CI's included: one run saw
+  A 20-step window is about 1.2 s here, and a shared machine (CI's included: one run saw
   single-step mfu vary 3x) can slow any one run; the suite's other xdist worker shares the
-  2 cores throughout (best of 4 once came to 0.105 vs 0.085 that way, log_every=1 the
-  faster). So runs alternate log_every=1 and 20 and the best of each is compared after
-  every pair, for up to eight pairs: a logging cost or a timing error that is real shows
-  in every pair and still fails; stalls do not."""
+  2 cores throughout. So runs alternate log_every=1 and 20 and the best of each is
+  compared after every pair, for up to eight pairs: a logging cost or a timing error that
+  is real shows in every pair and still fails; stalls do not. The runs are compared by
+  throughput, not by each record's mfu: mfu divides by the matmul peak each run measures
+  at its start, which moves as much from run to run (mfu 0.074-0.102 for like windows)."""
   from hnet import loop
   best = {1: 0.0, 20: 0.0}
   for repeat, every in enumerate((1, 20) * 8):
@@ -449,12 +451,11 @@ def test_throughput_does_not_depend_on_how_often_it_is_logged(corpus, tmp_path):
     assert all(r["mfu"] < 1 for r in records), [r["mfu"] for r in records]  # a physical bound
     seconds = [summary["step_flops"] * every / r["model_flops_per_s"] for r in records]
     assert sum(seconds) <= summary["train_seconds"], (seconds, summary["train_seconds"])
-    per_peak_flop = records[-1]["mfu"] / records[-1]["model_flops_per_s"]  # 1 / the measured peak
     late = sum(seconds[20 // every:])  # steps 21-40
-    best[every] = max(best[every], 20 * summary["step_flops"] / late * per_peak_flop)
+    best[every] = max(best[every], 20 * summary["step_flops"] / late)
     if every == 20 and abs(best[1] - best[20]) <= 0.2 * best[20]:
       break
-  print(f"mfu over steps 21-40, best of {repeat // 2 + 1} runs each: "
+  print(f"model FLOP/s over steps 21-40, best of {repeat // 2 + 1} runs each: "
         f"log_every=1 {best[1]:.4g}, log_every=20 {best[20]:.4g}")
   assert abs(best[1] - best[20]) <= 0.2 * best[20], best
 
