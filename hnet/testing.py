@@ -62,15 +62,14 @@ def model_logits(config, batch, seed: int = 0) -> jax.Array:
 def assert_causal(config, batch, positions=(0, 5, 17), key: str = "inputs", atol: float = 0.0):
   """Changing `batch[key]` after position t never changes logits at positions <= t."""
   model = build_model(config.model, nnx.Rngs(0))
-  forward = nnx.jit(lambda m, b: m(b).logits)
-  base = np.asarray(forward(model, batch))
+  base = forward_logits(model, batch)
   rng = np.random.default_rng(1)
   for t in positions:
     changed = dict(batch)
     ids = np.array(batch[key])
     ids[:, t + 1:] = rng.integers(0, 256, ids[:, t + 1:].shape)
     changed[key] = ids
-    out = np.asarray(forward(model, changed))
+    out = forward_logits(model, changed)
     np.testing.assert_allclose(out[:, :t + 1], base[:, :t + 1], atol=atol, rtol=0,
                                err_msg=f"logits at positions <= {t} depend on later {key}")
     assert not np.allclose(out[:, t + 1:], base[:, t + 1:]), "changing the future changed nothing"
@@ -107,7 +106,7 @@ def assert_cached_generation_matches(config, batch, atol: float = 2e-5, steps: i
   inputs = np.asarray(batch["inputs"])
   B, L = inputs.shape
   steps = steps or L
-  full = np.asarray(nnx.jit(lambda m, b: m(b).logits)(model, batch))
+  full = forward_logits(model, batch)
   step_fn = nnx.jit(lambda m, c, ids: m.decode_step(c, ids))
   cache = model.init_cache(B, steps)
   for t in range(steps):
@@ -214,15 +213,14 @@ def assert_word_causal(config, docs, length: int, num_words: int, word_len: int,
   (which changes later words and the word layout, rebuilt with the splitter) and the
   logits at positions <= t must not change."""
   model = build_model(config.model, nnx.Rngs(0))
-  forward = nnx.jit(lambda m, b: m(b).logits)
   batch = word_layout_batch([[d] for d in docs], length, num_words, word_len)
-  base = np.asarray(forward(model, batch))
+  base = forward_logits(model, batch)
   rng = np.random.default_rng(1)
   for t in positions:
     # input t is document byte t-1 (input 0 is BOS): keep doc[:t], replace the rest
     changed_docs = [d[:t] + _random_text(rng, len(d) - t) for d in docs]
     changed = word_layout_batch([[d] for d in changed_docs], length, num_words, word_len)
-    out = np.asarray(forward(model, changed))
+    out = forward_logits(model, changed)
     np.testing.assert_allclose(out[:, :t + 1], base[:, :t + 1], atol=atol, rtol=0,
                                err_msg=f"logits at positions <= {t} depend on later bytes")
     assert not np.allclose(out[:, t + 1:], base[:, t + 1:]), "changing the future changed nothing"
@@ -236,7 +234,7 @@ def assert_word_cached_generation_matches(config, docs, length: int, num_words: 
   from hnet.models.hat import WordBoundaryTracker
   model = build_model(config.model, nnx.Rngs(0))
   batch = word_layout_batch([[d] for d in docs], length, num_words, word_len)
-  full = np.asarray(nnx.jit(lambda m, b: m(b).logits)(model, batch))
+  full = forward_logits(model, batch)
   inputs = np.asarray(batch["inputs"])
   B, L = inputs.shape
   tracker = WordBoundaryTracker(B, model.max_words_per_step, word_len)

@@ -117,9 +117,8 @@ def _rows_batch(rows, padding_side: str):
 
 
 def _jax_forward(model, batch):
-  import jax.numpy as jnp
-  from flax import nnx
-  out = nnx.jit(lambda m, b: m(b))(model, {k: jnp.asarray(v) for k, v in batch.items()})
+  from hnet.testing import forward
+  out = forward(model, batch)
   return np.asarray(out.logits), {k: float(v) for k, v in out.metrics.items()}
 
 

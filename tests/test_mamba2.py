@@ -42,7 +42,6 @@ def packed_segments(batch, length, starts):
 
 
 @nnx.jit
-@nnx.jit  # one program per shape; op by op, a forward compiles hundreds
 def forward(block, x, segment_ids=None):
   return block(x, None, segment_ids)
 

@@ -10,6 +10,7 @@ from configs import byt5_small, mrt5_tiny
 from hnet import bytes as hbytes
 from hnet import generate as hgenerate
 from hnet import testing
+from hnet.testing import forward
 from hnet.layers.relative_position import relative_position_bucket
 from hnet.layers.attention import softmax1
 from hnet.models import build_model, controller_for
@@ -67,7 +68,6 @@ def spread_gate(model, scale=12.0, seed=3):
   model.gate.bias[...] = jnp.zeros(())
 
 
-forward = nnx.jit(lambda m, b: m(b))
 encode_front = nnx.jit(lambda m, b: m.encode_front(b))
 forward_capacity = nnx.jit(lambda m, b, c: m(b, capacity=c), static_argnums=2)
 

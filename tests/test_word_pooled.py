@@ -35,12 +35,11 @@ def test_word_start_not_leaked():
   word ('abc') or starts a new one ('ab ')."""
   cfg = tiny_config()
   model = build_model(cfg.model, nnx.Rngs(0))
-  forward = nnx.jit(lambda m, b: m(b).logits)
   a = testing.word_layout_batch([[b"xy abcd"]], 8, 8, WORD_LEN)
   b = testing.word_layout_batch([[b"xy ab d"]], 8, 8, WORD_LEN)
   assert a["word_mask"].sum() != b["word_mask"].sum()
-  np.testing.assert_allclose(np.asarray(forward(model, a))[:, :6],
-                             np.asarray(forward(model, b))[:, :6], atol=0, rtol=0)
+  np.testing.assert_allclose(testing.forward_logits(model, a)[:, :6],
+                             testing.forward_logits(model, b)[:, :6], atol=0, rtol=0)
 
 
 def test_every_byte_predicted_once_from_words_rows():
@@ -60,12 +59,11 @@ def test_late_boundary_uses_open_word():
   (splitter P3): "ab" + b"\xc3" continues as " abé" or becomes " ab", "×". The logits at
   the lead byte b"\xc3" must not depend on the byte that follows it (the 'S' is decoded inside the open word)."""
   model = build_model(tiny_config().model, nnx.Rngs(0))
-  forward = nnx.jit(lambda m, b: m(b).logits)
   a = testing.word_layout_batch([["xy ab×".encode()]], 10, 6, WORD_LEN)
   b = testing.word_layout_batch([["xy abé".encode()]], 10, 6, WORD_LEN)
   assert a["word_index"][0, 6] != b["word_index"][0, 6]       # b"\xc3" starts "×" only in a
-  np.testing.assert_allclose(np.asarray(forward(model, a))[:, :7],
-                             np.asarray(forward(model, b))[:, :7], atol=0, rtol=0)
+  np.testing.assert_allclose(testing.forward_logits(model, a)[:, :7],
+                             testing.forward_logits(model, b)[:, :7], atol=0, rtol=0)
 
 
 @pytest.mark.parametrize("name,word_len", [("lyt", WORD_LEN), ("byte2word", WORD_LEN),
