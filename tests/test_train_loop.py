@@ -3,6 +3,7 @@ NaN loss, config errors, multi-process runs. Runs use a tiny model on a small lo
 text corpus (source=files), so they do not need the embedded corpus."""
 import json
 import os
+import pathlib
 import shutil
 import signal
 import socket
@@ -75,8 +76,8 @@ def one_process_losses(tmp_path_factory, corpus, devices: int, **extra) -> dict[
   import fcntl
   import hashlib
   digest = hashlib.sha256(json.dumps([devices, extra], sort_keys=True).encode())
-  for name in sorted(os.listdir(corpus)):
-    digest.update(name.encode() + open(os.path.join(corpus, name), "rb").read())
+  for document in sorted(pathlib.Path(corpus).iterdir()):
+    digest.update(document.name.encode() + document.read_bytes())
   base = tmp_path_factory.getbasetemp()
   shared = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
   path = shared / f"one-process-losses-{digest.hexdigest()[:16]}.json"
