@@ -198,25 +198,28 @@ def _lock_workdir(workdir) -> workdir_lock.WorkdirLock | None:
   return lock
 
 
-def run(config, workdir: str, devices: Sequence[jax.Device] | None = None) -> dict[str, Any]:
+def run(config, workdir: str, devices: Sequence[jax.Device] | None = None,
+        eager_init: bool = False) -> dict[str, Any]:
   """Trains `config` in `workdir` (a local path or gs://..., resuming if it holds
   checkpoints) while holding the workdir lock; returns a summary. SIGTERM at any point,
   even while compiling, stops cleanly (exit 0 from hnet.main).
 
   devices: the devices the mesh (config.mesh) spans; every visible device by default. A
-  single process may train on fewer, e.g. `jax.devices()[:1]` beside other work."""
+  single process may train on fewer, e.g. `jax.devices()[:1]` beside other work.
+  eager_init: a new run builds its initial state op by op and then places it
+  (train.init_state(eager=True)): for tiny models, which then start seconds sooner."""
   workdir = storage.resolve(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
   lock = _lock_workdir(workdir)
   try:
     with _Preemption() as preemption:
-      return _run(config, workdir, lock, preemption, devices)
+      return _run(config, workdir, lock, preemption, devices, eager_init)
   finally:
     if lock is not None:
       lock.release()
 
 
-def _run(config, workdir, lock, preemption: _Preemption, devices) -> dict[str, Any]:
+def _run(config, workdir, lock, preemption: _Preemption, devices, eager_init) -> dict[str, Any]:
   _prepare_bpe(config, workdir)
   mesh = sharding.make_mesh(config.mesh.data, config.mesh.fsdp, config.mesh.tensor, devices)
   log.info("mesh %s over %d devices", dict(mesh.shape), mesh.size)
@@ -235,7 +238,7 @@ def _run(config, workdir, lock, preemption: _Preemption, devices) -> dict[str, A
                                       move_unreadable=True)
     log.info("resumed from step %d in %s", start, manager.directory)
   else:
-    start, state = 0, init_state(setup)
+    start, state = 0, init_state(setup, eager=eager_init)
     if config.train.init_from:
       state = warm_start(setup, state, config.train.init_from)
   if jax.process_index() == 0:

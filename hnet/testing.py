@@ -78,7 +78,7 @@ def assert_causal(config, batch, positions=(0, 5, 17), key: str = "inputs", atol
 def loss_and_grads(config, batch, mesh) -> tuple[float, dict]:
   """Loss and gradients of the freshly initialised model, jitted over `mesh`."""
   setup = make_setup(config, mesh)
-  state = init_state(setup)
+  state = init_state(setup, eager=True)
   num_targets = jnp.sum(jnp.asarray(batch["loss_mask"]))
   def loss_of(params, batch, num_targets):
     return loss_fn(params, setup.graphdef, batch, num_targets)
@@ -119,7 +119,7 @@ def overfit_losses(config, batch, steps: int = 30) -> list[float]:
   """Losses of `steps` train steps on one repeated batch (1 device)."""
   mesh = sharding.make_mesh(1, 1, 1, devices=jax.devices()[:1])
   setup = make_setup(config, mesh)
-  state = init_state(setup)
+  state = init_state(setup, eager=True)
   step_fn = jit_train_step(setup, batch)
   losses = []
   with jax.set_mesh(mesh):

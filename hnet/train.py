@@ -75,18 +75,39 @@ def make_setup(config, mesh: Mesh) -> Setup:
   return Setup(config, mesh, graphdef, tx, abstract_state, state_shardings, controller)
 
 
-def init_state(setup: Setup) -> Any:
-  """Initialises parameters directly into their shardings (no host round trip)."""
+def init_state(setup: Setup, eager: bool = False) -> Any:
+  """Initialises parameters directly into their shardings (no host round trip).
+
+  eager=True builds the state op by op on the default device, then places it into the
+  same shardings: for tiny models (the tests), whose one init program per model and mesh
+  takes seconds to compile (~40 ms per random parameter) while the op-by-op programs are
+  one per parameter shape and kept for every later model. The values are the same draws;
+  a fused program may round an initialiser's last bit differently (~1e-7 at f32)."""
   cfg = setup.config
 
   def init():
     model = build_model(cfg.model, nnx.Rngs(cfg.seed))
-    params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
-    extra = setup.controller.init() if setup.controller else {}
-    return {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": setup.tx.init(params),
-            "rng": jax.random.key_data(jax.random.key(cfg.seed + 1)), "extra": extra}
+    return _new_state(setup, nnx.to_pure_dict(nnx.state(model, nnx.Param)))
+  if eager:
+    # copies: arrays the op-by-op init shares (e.g. zero moments) become distinct
+    # buffers, as the jitted init's outputs are, so that the train step may donate them
+    return jax.device_put(init(), setup.state_shardings, may_alias=False)
   with jax.set_mesh(setup.mesh), sharding.rules(cfg.mesh.get("rules", sharding.DEFAULT_RULES)):
     return jax.jit(init, out_shardings=setup.state_shardings)()
+
+
+def _new_state(setup: Setup, params) -> dict[str, Any]:
+  """A new run's state around `params`: step 0, zero optimizer moments, the seed's RNG."""
+  extra = setup.controller.init() if setup.controller else {}
+  return {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": setup.tx.init(params),
+          "rng": jax.random.key_data(jax.random.key(setup.config.seed + 1)), "extra": extra}
+
+
+def state_with_params(setup: Setup, params) -> Any:
+  """A new run's state holding given parameters (e.g. imported ones) in the state's
+  shardings, without initialising any."""
+  with jax.set_mesh(setup.mesh):
+    return jax.jit(functools.partial(_new_state, setup), out_shardings=setup.state_shardings)(params)
 
 
 def warm_start(setup: Setup, state: Any, path: str) -> Any:

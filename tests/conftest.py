@@ -8,6 +8,7 @@ reach the subprocesses; pytest-xdist workers share the controller's directory.
 HNET_TEST_JAX_CACHE=<dir> keeps the cache across runs instead.
 """
 import atexit
+import gc
 import os
 import resource
 import shutil
@@ -64,6 +65,13 @@ def pytest_collection_modifyitems(config, items):
   from tools.suite_file_seconds import file_weight, load_table
   table = load_table()
   items.sort(key=lambda item: -file_weight(table, item.nodeid))  # stable within a file
+
+
+def pytest_collection_finish(session):
+  """Everything imported so far (jax, flax, torch, the test modules) lives until the end:
+  moved out of the collector's reach, the suite's many tracing passes collect less often
+  over a smaller heap (gc.freeze; ~5% off a compile-bound test)."""
+  gc.freeze()
 
 
 def _cpu_seconds() -> float:

@@ -57,13 +57,14 @@ def train_and_export(tmp_path_factory, name: str, config, **extra) -> types.Simp
 
   It trains on one of the 8 simulated devices: partitioning every program 8 ways costs
   the fixtures about a third of their time (the 2-stage H-Net's 24 s -> 34 s), and the
-  sharded loop has tests of its own (tests/test_train_loop.py)."""
+  sharded loop has tests of its own (tests/test_train_loop.py). Its initial state is built
+  op by op (eager_init): one init program per fixture's model would take 2-4 s to compile."""
   import jax
   from hnet import loop
   from hnet.export import export_run
   root = tmp_path_factory.mktemp(name)
   workdir, hf_dir = str(root / "run"), str(root / f"{name}_hf")
-  loop.run(config, workdir, devices=jax.devices()[:1])
+  loop.run(config, workdir, devices=jax.devices()[:1], eager_init=True)
   result = export_run(workdir, hf_dir)
   return types.SimpleNamespace(name=name, workdir=workdir, hf=hf_dir, export=result,
                                config=config, **extra)

@@ -40,7 +40,7 @@ def runs(tmp_path_factory):
     config.train.steps, config.train.warmup_steps, config.train.eval_every = 3, 1, 0
     config.checkpoint.every, config.checkpoint.async_save = 3, False
     workdir = str(root / name)
-    loop.run(config, workdir, devices=jax.devices()[:1])  # the sharded loop is tested elsewhere
+    loop.run(config, workdir, devices=jax.devices()[:1], eager_init=True)  # the sharded loop is tested elsewhere
     out[name] = workdir
   return out
 

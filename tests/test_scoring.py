@@ -117,7 +117,7 @@ def _loop_eval_bpb(config):
   """The train loop's held-out bpb of a freshly initialised model (8-device mesh)."""
   mesh = sharding.make_mesh(-1, 1, 1)
   setup = make_setup(config, mesh)
-  state = init_state(setup)
+  state = init_state(setup, eager=True)
   example = next(iter(loop.data_iterator(config, config.data.eval_split, repeat=False)))
   eval_fn = jit_eval_step(setup, loop.to_global(setup, example))
   with jax.set_mesh(mesh):

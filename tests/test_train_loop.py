@@ -178,7 +178,7 @@ def test_warm_start_copies_shared_params_and_keeps_new_ones(corpus, tmp_path, ca
   trained = traverse_util.flatten_dict(nnx.to_pure_dict(nnx.state(load_model(source)[0], nnx.Param)))
   deeper = config_for(corpus, **{"model.num_layers": 3})  # one layer more than the source
   setup = make_setup(deeper, sharding.make_mesh(1, 1, 1, devices=jax.devices()[:1]))
-  fresh = init_state(setup)
+  fresh = init_state(setup, eager=True)
   with caplog.at_level("INFO", logger="hnet"):
     warmed = warm_start(setup, fresh, source)
   before = traverse_util.flatten_dict(fresh["params"])
@@ -196,9 +196,9 @@ def test_warm_start_copies_shared_params_and_keeps_new_ones(corpus, tmp_path, ca
   wider = config_for(corpus, **{"model.dim": 48})
   setup = make_setup(wider, sharding.make_mesh(1, 1, 1, devices=jax.devices()[:1]))
   with pytest.raises(checkpoint.CheckpointError, match="differ in shape"):
-    warm_start(setup, init_state(setup), source)
+    warm_start(setup, init_state(setup, eager=True), source)
   with pytest.raises(checkpoint.CheckpointError, match="holds no checkpoint"):
-    warm_start(setup, init_state(setup), str(tmp_path / "empty"))
+    warm_start(setup, init_state(setup, eager=True), str(tmp_path / "empty"))
 
 
 def test_missing_checkpoint_is_a_clear_error(tmp_path):
@@ -285,7 +285,7 @@ def test_sigterm_during_an_evaluation_cancels_it(corpus):
   from hnet.train import init_state, jit_eval_step, make_setup
   config = config_for(corpus)
   setup = make_setup(config, sharding.make_mesh(-1, 1, 1))
-  state = init_state(setup)
+  state = init_state(setup, eager=True)
   example = loop.to_global(setup, next(loop.data_iterator(config, config.data.eval_split, repeat=False)))
   eval_fn = jit_eval_step(setup, example)
   asked = []

@@ -204,7 +204,7 @@ def import_run(hf_dir: str, config, workdir: str, *, step: int | None = None) ->
   Returns {"workdir", "step", "tensors"}."""
   import jax
   from hnet import checkpoint, sharding
-  from hnet.train import init_state, make_setup
+  from hnet.train import make_setup, state_with_params
   config = load_config_arg(config)
   family = family_module(config.model.name)
   hf_config = writer.read_config(hf_dir)
@@ -229,12 +229,8 @@ def import_run(hf_dir: str, config, workdir: str, *, step: int | None = None) ->
     if imported[name].shape != tuple(leaf.shape):
       raise ExportError(f"imported {name} has shape {imported[name].shape}, the model needs "
                         f"{tuple(leaf.shape)}")
-  state = init_state(setup)
   new_params = _like(setup.abstract_state["params"], unflatten_params(imported))
-  with jax.set_mesh(mesh):
-    new_params = jax.device_put(new_params, setup.state_shardings["params"])
-    opt_state = jax.jit(setup.tx.init, out_shardings=setup.state_shardings["opt_state"])(new_params)
-  state = {**state, "params": new_params, "opt_state": opt_state}
+  state = state_with_params(setup, jax.device_put(new_params, setup.state_shardings["params"]))
   if step is None:
     run_path = pathlib.Path(hf_dir) / RUN_FILE
     step = int(json.loads(run_path.read_text())["step"]) if run_path.exists() else 0
