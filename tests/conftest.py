@@ -68,9 +68,9 @@ def pytest_collection_modifyitems(config, items):
 
 
 def pytest_collection_finish(session):
-  """Everything imported so far (jax, flax, torch, the test modules) lives until the end:
-  moved out of the collector's reach, the suite's many tracing passes collect less often
-  over a smaller heap (gc.freeze; ~5% off a compile-bound test)."""
+  """Everything imported so far (jax, flax, orbax, grain, the test modules) lives until the
+  end: moved out of the collector's reach, the suite's many tracing passes collect over a
+  smaller heap (gc.freeze; about 5% off one compile-bound test, within a suite run's noise)."""
   gc.freeze()
 
 
