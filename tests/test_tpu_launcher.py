@@ -21,7 +21,8 @@ from hnet.testing import subprocess_env
 
 from test_train_loop import ROOT, corpus, one_process_losses, overrides, train_losses  # noqa: F401
 
-STEPS = {"train.steps": 24, "checkpoint.every": 2, "mesh.data": 2}
+# A checkpoint every 4 steps: a save of the 2 workers takes a few tenths of a second here.
+STEPS = {"train.steps": 24, "checkpoint.every": 4, "mesh.data": 2}
 
 GCLOUD = r'''#!{python}
 """Stand-in for `gcloud compute tpus ...` (tests/test_tpu_launcher.py): queued resources
@@ -187,11 +188,11 @@ def test_two_workers_train_like_one_through_preemptions(corpus, tmp_path, tmp_pa
   workdir = tmp_path / "run"
   launcher = subprocess.Popen(
       launcher_cmd(corpus, workdir, f"--setup_command=ln -sfn {ROOT}/.venv .venv",
-                   "--poll_seconds=1", "--retry_seconds=1"),
+                   "--poll_seconds=0.5", "--retry_seconds=0"),
       cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
   try:
     # 1. worker 1's training process dies (SIGKILL): the slice stays ACTIVE.
-    wait_for(lambda: newest_checkpoint(workdir) >= 2, "a first checkpoint", launcher)
+    wait_for(lambda: newest_checkpoint(workdir) >= 4, "a first checkpoint", launcher)
     wrapper = int((state / "workers" / "w1" / "hnet" / ".launch" / "pid").read_text())
     trainer = int(open(f"/proc/{wrapper}/task/{wrapper}/children").read().split()[0])
     os.kill(trainer, signal.SIGKILL)

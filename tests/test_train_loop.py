@@ -72,9 +72,13 @@ def one_process_losses(tmp_path_factory, corpus, devices: int, **extra) -> dict[
   devices: the reference that multi-process runs (SLURM tasks, the TPU launcher's workers)
   must equal. Run once per pytest run for a given corpus and overrides: pytest-xdist's
   workers share the result through a file in the run's common temporary directory,
-  written under an exclusive lock (the other worker waits rather than runs it again)."""
+  written under an exclusive lock (the other worker waits rather than runs it again).
+  The losses do not depend on how often a run saves: the reference saves once, at its
+  end, whatever `checkpoint.every` the caller's runs use."""
   import fcntl
   import hashlib
+  extra = {k: v for k, v in extra.items() if k != "checkpoint.every"}
+  extra["checkpoint.every"] = extra.get("train.steps", 8)
   digest = hashlib.sha256(json.dumps([devices, extra], sort_keys=True).encode())
   for document in sorted(pathlib.Path(corpus).iterdir()):
     digest.update(document.name.encode() + document.read_bytes())
@@ -429,35 +433,40 @@ def _train_records(workdir) -> list[dict]:
 
 @pytest.mark.slow
 def test_throughput_does_not_depend_on_how_often_it_is_logged(corpus, tmp_path):
-  """Model FLOP/s over steps 21-40 logged every step vs every 20 steps (issue 18: within
+  """Model FLOP/s after warm-up, logged every step vs every 20 steps (issue 18: within
   20%). Each record covers the wall time of its steps, measured once their results are
   ready.
 
-  A 20-step window is about 1.2 s here, and a shared machine (CI's included: one run saw
-  single-step mfu vary 3x) can slow any one run; the suite's other xdist worker shares the
-  2 cores throughout. So runs alternate log_every=1 and 20 and the best of each is
-  compared after every pair, for up to eight pairs: a logging cost or a timing error that
-  is real shows in every pair and still fails; stalls do not. The runs are compared by
-  throughput, not by each record's mfu: mfu divides by the matmul peak each run measures
-  at its start, which moves as much from run to run (mfu 0.074-0.102 for like windows)."""
+  A 20-step window is about 1 s here, and a shared machine (CI's included: one run saw
+  single-step mfu vary 3x) can slow any one window; the suite's other xdist worker shares
+  the 2 cores throughout. So each run trains 60 steps and its throughput is that of the
+  faster of its two 20-step windows after the first (steps 21-40 and 41-60): a stall
+  slows one window. Runs alternate log_every=1 and 20 and the best of each is compared
+  after every pair, for up to four pairs: a logging cost or a timing error that is real
+  shows in every window of every pair and still fails; stalls do not. The runs
+  are compared by throughput, not by each record's mfu: mfu divides by the matmul peak
+  each run measures at its start, which moves as much from run to run (mfu 0.074-0.102
+  for like windows)."""
   from hnet import loop
   best = {1: 0.0, 20: 0.0}
-  for repeat, every in enumerate((1, 20) * 8):
-    config = config_for(corpus, **{"train.steps": 40, "train.log_every": every, "checkpoint.every": 1000,
+  for repeat, every in enumerate((1, 20) * 4):
+    config = config_for(corpus, **{"train.steps": 60, "train.log_every": every, "checkpoint.every": 1000,
                                    "model.dim": 64, "model.mlp_dim": 256, "data.seq_len": 64})
     workdir = str(tmp_path / f"run{repeat}")
     summary = loop.run(config, workdir)
     records = _train_records(workdir)
-    assert [r["step"] for r in records] == list(range(every, 41, every))
+    assert [r["step"] for r in records] == list(range(every, 61, every))
     assert all(r["mfu"] < 1 for r in records), [r["mfu"] for r in records]  # a physical bound
     seconds = [summary["step_flops"] * every / r["model_flops_per_s"] for r in records]
     assert sum(seconds) <= summary["train_seconds"], (seconds, summary["train_seconds"])
-    late = sum(seconds[20 // every:])  # steps 21-40
-    best[every] = max(best[every], 20 * summary["step_flops"] / late)
+    per_window = 20 // every
+    windows = [sum(seconds[i:i + per_window]) for i in range(per_window, len(seconds), per_window)]
+    assert len(windows) == 2, windows
+    best[every] = max(best[every], 20 * summary["step_flops"] / min(windows))
     if every == 20 and abs(best[1] - best[20]) <= 0.2 * best[20]:
       break
-  print(f"model FLOP/s over steps 21-40, best of {repeat // 2 + 1} runs each: "
-        f"log_every=1 {best[1]:.4g}, log_every=20 {best[20]:.4g}")
+  print(f"model FLOP/s, fastest 20-step window after warm-up, best of {repeat // 2 + 1} runs "
+        f"each: log_every=1 {best[1]:.4g}, log_every=20 {best[20]:.4g}")
   assert abs(best[1] - best[20]) <= 0.2 * best[20], best
 
 
