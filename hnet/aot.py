@@ -201,6 +201,7 @@ def compile_steps(config, devices, *, eval_step: bool = True) -> dict[str, StepR
   """Compiles the project's own train step (and eval step) for `devices` with the
   config's mesh, state shardings and batch; returns {"train": ..., "eval": ...}."""
   from hnet import sharding  # pylint: disable=g-import-not-at-top
+  from hnet.kernels import backend  # pylint: disable=g-import-not-at-top
   from hnet.train import jit_eval_step, jit_train_step, make_setup  # pylint: disable=g-import-not-at-top
   mesh = sharding.make_mesh(config.mesh.data, config.mesh.fsdp, config.mesh.tensor,
                             devices=devices)
@@ -209,7 +210,10 @@ def compile_steps(config, devices, *, eval_step: bool = True) -> dict[str, StepR
   batch = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
                        batch, setup.batch_sharding(batch))
   reports = {}
-  with jax.set_mesh(mesh), sharding.rules(config.mesh.get("rules", sharding.DEFAULT_RULES)):
+  # Traced for the target's platform, not this CPU host's: the attention formulation and
+  # the Pallas kernels' backend depend on it (hnet/kernels/backend.py).
+  with jax.set_mesh(mesh), sharding.rules(config.mesh.get("rules", sharding.DEFAULT_RULES)), \
+      backend.compiling_for(devices[0].client.platform):
     compiled, seconds = _compile(jit_train_step(setup, batch), setup.abstract_state, batch)
     reports["train"] = _report(compiled, seconds)
     if eval_step:

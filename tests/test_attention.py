@@ -72,6 +72,35 @@ def test_hand_written_backward_matches_autodiff(kind, kv_heads, bias_shape, use_
   assert float(jnp.max(jnp.abs(grads[0]))) > 0  # the cotangent reaches q
 
 
+@pytest.mark.parametrize("kv_heads", [4, 2])
+@pytest.mark.parametrize("bias_shape,use_softmax1", [(None, False), ("keys", True)])
+def test_accelerator_form_matches_reference(kv_heads, bias_shape, use_softmax1):
+  """Traced for a TPU or GPU (`backend.compiling_for`; run here on the CPU), attend() is
+  the grouped-query form with autodiff, not the CPU's heads-major custom VJP, and
+  project_together keeps the layers apart: same values and gradients as the reference."""
+  from hnet.kernels import backend
+  rng = np.random.default_rng(1)
+  B, L, H, Dh = 2, 10, 4, 8
+  q = jnp.asarray(rng.normal(size=(B, L, H, Dh)), jnp.float32)
+  k, v = (jnp.asarray(rng.normal(size=(B, L, kv_heads, Dh)), jnp.float32) for _ in range(2))
+  bias = None if bias_shape is None else jnp.asarray(rng.normal(size=(B, 1, 1, L)), jnp.float32)
+  mask = _mask("packed_causal", B, L, L, rng)
+  loss = lambda fn: lambda q, k, v: jnp.sum(jnp.sin(fn(q, k, v, mask, bias, use_softmax1=use_softmax1)))
+  want = jax.value_and_grad(loss(reference_attend), (0, 1, 2))(q, k, v)
+  for platform in ("tpu", "gpu"):
+    with backend.compiling_for(platform):
+      jaxpr = str(jax.make_jaxpr(loss(attention.attend))(q, k, v))
+      got = jax.value_and_grad(loss(attention.attend), (0, 1, 2))(q, k, v)
+      layers = [linear.Dense(8, n, rngs=nnx.Rngs(0)) for n in (8, 4)]
+      projections = str(jax.make_jaxpr(lambda x: linear.project_together(x, layers))(q[..., 0, :]))
+    assert "custom_vjp" not in jaxpr and "concatenate" not in projections, platform
+    np.testing.assert_allclose(got[0], want[0], rtol=1e-5)
+    for g, w in zip(got[1], want[1]):
+      np.testing.assert_allclose(g, w, atol=1e-5, rtol=1e-5)
+  cpu_jaxpr = str(jax.make_jaxpr(loss(attention.attend))(q, k, v))
+  assert "custom_vjp" in cpu_jaxpr  # the CPU's own form, outside the block
+
+
 def test_project_together_equals_separate_layers():
   """One matmul over concatenated kernels gives each layer's own output."""
   rngs = nnx.Rngs(0)

@@ -1,4 +1,9 @@
-"""Which Pallas backend the kernels lower to on each platform.
+"""Which platform a step is traced for, and the Pallas backend the kernels lower to on each.
+
+`target_platform()` is the platform being compiled for: the default backend, or the one a
+`compiling_for` block names (ahead-of-time compiles for devices this machine lacks).
+The kernels read it, and so does `hnet.layers.attention.attend`, whose formulation
+differs between the CPU and accelerators.
 
 jax >= 0.7 lowers a `pallas_call` without compiler parameters to Mosaic GPU on NVIDIA
 GPUs. Mosaic GPU cannot lower these kernels (reductions over one axis of a block raise

@@ -10,6 +10,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from hnet.kernels import backend
+
 DEFAULT_STD = 0.02
 
 _UNFUSED = threading.local()  # trace-time switch of project_together (unfused_projections)
@@ -61,12 +63,16 @@ def project_together(x: jax.Array, layers: Sequence[Dense]) -> list[jax.Array]:
   """[layer(x) for layer in layers] as one matmul over the concatenated kernels (fused
   QKV, SwiGLU gate+up): one wider GEMM instead of several narrow ones, and in the
   backward one input-gradient GEMM and one weight-gradient GEMM. Same values (each
-  output column is the same dot product). Under a mesh whose "tensor" axis is larger
-  than 1 the kernels' output columns are sharded separately, so the layers stay apart;
-  so they do within unfused_projections()."""
+  output column is the same dot product). A CPU optimisation: compiled for a TPU or GPU
+  (`hnet.kernels.backend.target_platform`) the layers stay apart, as they do under a
+  mesh whose "tensor" axis is larger than 1 (the kernels' output columns are sharded
+  separately) and within unfused_projections(). On a v5p, the byte Transformer L's
+  fused QKV made XLA keep a float32 [rows, heads, 8192, 8192] buffer more: one block's
+  train step took 32.0 GiB per chip instead of 17.5 (tests/test_aot.py)."""
   mesh = jax.sharding.get_abstract_mesh()
   tensor_ways = 1 if mesh is None or mesh.empty else dict(mesh.shape).get("tensor", 1)
   if (len(layers) == 1 or tensor_ways > 1 or getattr(_UNFUSED, "on", False)
+      or backend.target_platform() != "cpu"
       or any(l.bias is not None for l in layers)
       or len({l.dtype for l in layers}) > 1):
     return [layer(x) for layer in layers]
