@@ -86,8 +86,9 @@ def check_config(config) -> dict:
           f"({_gib(m['alias_bytes'])} aliased to donated arguments), temporaries "
           f"{_gib(m['temp_bytes'])}, code {_gib(m['generated_code_bytes'])}; peak "
           f"{_gib(r.peak_bytes)} of {_gib(chip.hbm_bytes)} HBM "
-          f"({100 * r.peak_bytes / chip.hbm_bytes:.0f}%); {r.flops:.4g} FLOPs per device, "
-          f"{r.flops * len(devices):.4g} per step", flush=True)
+          f"({100 * r.peak_bytes / chip.hbm_bytes:.0f}%); "
+          + (f"{r.flops:.4g} FLOPs per device, {r.flops * len(devices):.4g} per step" if r.flops
+             else f"no FLOP count (XLA's {r.platform} cost analysis gives none)"), flush=True)
     result[name] = {"platform": r.platform, "compile_seconds": r.compile_seconds,
                     "flops_per_device": r.flops, "flops_per_step": r.flops * len(devices),
                     "memory": m, "peak_bytes": r.peak_bytes}
@@ -97,8 +98,12 @@ def check_config(config) -> dict:
   train_days = FLAGS.train_days or pod.get("train_days", 0.0)
   result.update(fits=all(r.peak_bytes <= chip.hbm_bytes for r in reports.values()),
                 bytes_per_step=bytes_per_step, flops_per_byte=train["flops_per_step"] / bytes_per_step)
-  print(f"{result['flops_per_byte']:.4g} training FLOPs per input byte ({bytes_per_step} bytes per step)")
-  if train_bytes and train_days:
+  if not train["flops_per_step"]:
+    print(f"training FLOPs per input byte and the MFU needed: not computed, the {train['platform']} "
+          "compiler counted no FLOPs (compile for a TPU topology to get them)")
+  else:
+    print(f"{result['flops_per_byte']:.4g} training FLOPs per input byte ({bytes_per_step} bytes per step)")
+  if train_bytes and train_days and train["flops_per_step"]:
     mfu = aot.mfu_needed(train["flops_per_step"], bytes_per_step, train_bytes, train_days * 86400,
                          len(devices), chip)
     result.update(train_bytes=train_bytes, train_days=train_days, mfu_needed=mfu)
