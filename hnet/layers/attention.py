@@ -46,6 +46,16 @@ def softmax1(logits: jax.Array, axis: int = -1) -> jax.Array:
   return scaled / (jnp.exp(-shift) + jnp.sum(scaled, axis=axis, keepdims=True))
 
 
+def _masked_softmax(logits: jax.Array, mask: jax.Array, logit_bias: jax.Array | None,
+                    use_softmax1: bool, dtype) -> jax.Array:
+  """float32 logits [B, H, L, S] (+ logit_bias, masked keys at NEG_INF) -> the attention
+  weights in `dtype`."""
+  if logit_bias is not None:
+    logits = logits + logit_bias.astype(jnp.float32)
+  logits = jnp.where(mask, logits, NEG_INF)
+  return (softmax1 if use_softmax1 else jax.nn.softmax)(logits, axis=-1).astype(dtype)
+
+
 def attend(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array,
            logit_bias: jax.Array | None = None, *, use_softmax1: bool = False) -> jax.Array:
   """q [B, L, H, Dh], k/v [B, S, K, Dh], mask [B, 1|H, L|1, S] -> [B, L, H, Dh].
@@ -79,10 +89,7 @@ def _attend_grouped(q, k, v, mask, logit_bias, use_softmax1):
   q = q.reshape(B, L, K, H // K, Dh)
   logits = jnp.einsum("blkgd,bskd->bkgls", q, k).astype(jnp.float32) * (Dh ** -0.5)
   logits = logits.reshape(B, H, L, -1)
-  if logit_bias is not None:
-    logits = logits + logit_bias.astype(jnp.float32)
-  logits = jnp.where(mask, logits, NEG_INF)
-  weights = (softmax1 if use_softmax1 else jax.nn.softmax)(logits, axis=-1).astype(v.dtype)
+  weights = _masked_softmax(logits, mask, logit_bias, use_softmax1, v.dtype)
   out = jnp.einsum("bkgls,bskd->blkgd", weights.reshape(B, K, H // K, L, -1), v)
   return out.reshape(B, L, H, Dh)
 
@@ -90,10 +97,7 @@ def _attend_grouped(q, k, v, mask, logit_bias, use_softmax1):
 def _attention_forward(q, k, v, mask, logit_bias, use_softmax1):
   """q [B, H, L, Dh], k/v [B, H, S, Dh] -> (out [B, H, L, Dh], weights [B, H, L, S])."""
   logits = jnp.einsum("bhld,bhsd->bhls", q, k).astype(jnp.float32) * (q.shape[-1] ** -0.5)
-  if logit_bias is not None:
-    logits = logits + logit_bias.astype(jnp.float32)
-  logits = jnp.where(mask, logits, NEG_INF)
-  weights = (softmax1 if use_softmax1 else jax.nn.softmax)(logits, axis=-1).astype(v.dtype)
+  weights = _masked_softmax(logits, mask, logit_bias, use_softmax1, v.dtype)
   return jnp.einsum("bhls,bhsd->bhld", weights, v), weights
 
 
@@ -149,10 +153,7 @@ def attend_cache(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array,
   q = jnp.moveaxis(q.reshape(B, T, K, H // K, Dh), 1, 3)  # [B, K, G, T, Dh]
   logits = jnp.einsum("bkgtd,bkds->bkgts" if keys_transposed else "bkgtd,bksd->bkgts", q, k)
   logits = logits.astype(jnp.float32).reshape(B, H, T, -1) * (Dh ** -0.5)
-  if logit_bias is not None:
-    logits = logits + logit_bias.astype(jnp.float32)
-  logits = jnp.where(mask, logits, NEG_INF)
-  weights = (softmax1 if use_softmax1 else jax.nn.softmax)(logits, axis=-1).astype(v.dtype)
+  weights = _masked_softmax(logits, mask, logit_bias, use_softmax1, v.dtype)
   out = jnp.einsum("bkgts,bksd->bkgtd", weights.reshape(B, K, H // K, T, -1), v)
   return jnp.moveaxis(out, 3, 1).reshape(B, T, H, Dh)
 
