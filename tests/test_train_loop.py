@@ -1,6 +1,7 @@
 """The training loop end to end: resume after a kill, SIGTERM, corrupt checkpoints,
 NaN loss, config errors, multi-process runs. Runs use a tiny model on a small local
 text corpus (source=files), so they do not need the embedded corpus."""
+import itertools
 import json
 import os
 import pathlib
@@ -441,14 +442,18 @@ def test_throughput_does_not_depend_on_how_often_it_is_logged(corpus, tmp_path):
   the 2 cores throughout. So each run trains 60 steps and its throughput is that of the
   faster of its two 20-step windows after the first (steps 21-40 and 41-60): a stall
   slows one window. Runs alternate log_every=1 and 20 and the best of each is compared
-  after every pair, for up to four pairs: a logging cost or a timing error that is real
-  shows in every window of every pair and still fails; stalls do not. The runs
+  after every pair, for at least four pairs and until 100 s have passed: a logging cost or
+  a timing error that is real shows in every window of every pair and still fails; stalls
+  do not. (In one CI run, all four pairs fell within the 30 s of the other worker's
+  multi-process SLURM test, and every log_every=1 run there was 1.4x slower; alone, or
+  beside 4 busy JAX processes, the first pair passes.) The runs
   are compared by throughput, not by each record's mfu: mfu divides by the matmul peak
   each run measures at its start, which moves as much from run to run (mfu 0.074-0.102
   for like windows)."""
   from hnet import loop
   best = {1: 0.0, 20: 0.0}
-  for repeat, every in enumerate((1, 20) * 4):
+  deadline = time.monotonic() + 100
+  for repeat, every in enumerate(itertools.cycle((1, 20))):
     config = config_for(corpus, **{"train.steps": 60, "train.log_every": every, "checkpoint.every": 1000,
                                    "model.dim": 64, "model.mlp_dim": 256, "data.seq_len": 64})
     workdir = str(tmp_path / f"run{repeat}")
@@ -462,7 +467,8 @@ def test_throughput_does_not_depend_on_how_often_it_is_logged(corpus, tmp_path):
     windows = [sum(seconds[i:i + per_window]) for i in range(per_window, len(seconds), per_window)]
     assert len(windows) == 2, windows
     best[every] = max(best[every], 20 * summary["step_flops"] / min(windows))
-    if every == 20 and abs(best[1] - best[20]) <= 0.2 * best[20]:
+    if every == 20 and (abs(best[1] - best[20]) <= 0.2 * best[20]
+                        or (repeat >= 7 and time.monotonic() > deadline)):
       break
   print(f"model FLOP/s, fastest 20-step window after warm-up, best of {repeat // 2 + 1} runs "
         f"each: log_every=1 {best[1]:.4g}, log_every=20 {best[20]:.4g}")
