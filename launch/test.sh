@@ -21,7 +21,7 @@ case "${1:-}" in
   --slow) tier=slow; shift ;;
   --all) tier=all; shift ;;
 esac
-bash launch/setup.sh
+bash launch/setup.sh --dev
 if [ "$tier" != default ]; then
   # tests/test_aot.py's compile-only venv (libtpu, the CUDA PJRT plugin): set up here, not
   # inside the timed test run; if it fails, test_aot.py runs it again and reports why.
