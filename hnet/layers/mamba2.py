@@ -100,19 +100,22 @@ class Mamba2(nnx.Module):
   # -- pieces shared by the full forward and the recurrent step ---------------------
 
   def _split_projection(self, proj: jax.Array):
-    """[..., proj_dim] -> z [..., E], xBC [..., conv_dim], dt_raw [..., H]."""
-    z = proj[..., :self.d_inner]
-    xbc = proj[..., self.d_inner:self.d_inner + self.conv_dim]
-    return z, xbc, proj[..., self.d_inner + self.conv_dim:]
+    """[..., proj_dim] -> z [..., E], xBC [..., conv_dim], dt_raw [..., H].
+
+    One split rather than three slices: the gradient of a split is one concatenation,
+    where three slices' gradients are three zero-padded copies of the projection summed."""
+    z, xbc, dt_raw = jnp.split(proj, [self.d_inner, self.d_inner + self.conv_dim], axis=-1)
+    return z, xbc, dt_raw
 
   def _ssm_inputs(self, xbc: jax.Array, dt_raw: jax.Array):
     """Post-conv xBC [..., conv_dim], dt_raw [..., H] -> x [..., H, P], dt [..., H],
     A [H], B/C [..., G, N] (all float32)."""
     GN = self.ngroups * self.d_state
     xbc = xbc.astype(jnp.float32)
-    x = xbc[..., :self.d_inner].reshape(*xbc.shape[:-1], self.num_heads, self.headdim)
-    B = xbc[..., self.d_inner:self.d_inner + GN].reshape(*xbc.shape[:-1], self.ngroups, self.d_state)
-    C = xbc[..., self.d_inner + GN:].reshape(*xbc.shape[:-1], self.ngroups, self.d_state)
+    x, B, C = jnp.split(xbc, [self.d_inner, self.d_inner + GN], axis=-1)  # one split: see above
+    x = x.reshape(*xbc.shape[:-1], self.num_heads, self.headdim)
+    B = B.reshape(*xbc.shape[:-1], self.ngroups, self.d_state)
+    C = C.reshape(*xbc.shape[:-1], self.ngroups, self.d_state)
     dt = jax.nn.softplus(dt_raw.astype(jnp.float32) + self.dt_bias[...])
     A = -jnp.exp(self.A_log[...])
     return x, dt, A, B, C
