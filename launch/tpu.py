@@ -123,17 +123,20 @@ class Launcher:
   def install(self) -> None:
     files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT, text=True,
                            capture_output=True, check=True).stdout.split()
-    tarball = os.path.join(tempfile.mkdtemp(prefix="hnet-launch-"), "hnet.tar.gz")
-    if self.args.dry_run:
-      print(f"# the project: {len(files)} files of {ROOT} (git ls-files -co --exclude-standard) "
-            f"packed into {tarball}")
-    else:
-      with tarfile.open(tarball, "w:gz") as tar:
-        for name in files:
-          if os.path.isfile(os.path.join(ROOT, name)):
-            tar.add(os.path.join(ROOT, name), arcname=name)
-    self.gcloud("compute", "tpus", "tpu-vm", "scp", tarball, f"{self.args.name}:hnet.tar.gz",
-                "--worker=all", *self.location)
+    # Packed into a temporary directory that is removed once copied: every install (the
+    # first and one per relaunch) would otherwise leave a tarball behind.
+    with tempfile.TemporaryDirectory(prefix="hnet-launch-") as staging:
+      tarball = os.path.join(staging, "hnet.tar.gz")
+      if self.args.dry_run:
+        print(f"# the project: {len(files)} files of {ROOT} (git ls-files -co --exclude-standard) "
+              f"packed into a temporary {tarball}")
+      else:
+        with tarfile.open(tarball, "w:gz") as tar:
+          for name in files:
+            if os.path.isfile(os.path.join(ROOT, name)):
+              tar.add(os.path.join(ROOT, name), arcname=name)
+      self.gcloud("compute", "tpus", "tpu-vm", "scp", tarball, f"{self.args.name}:hnet.tar.gz",
+                  "--worker=all", *self.location)
     self.ssh(f"mkdir -p ~/{REMOTE_DIR} && tar -xzf ~/hnet.tar.gz -C ~/{REMOTE_DIR} && "
              f"cd ~/{REMOTE_DIR} && {self.args.setup_command}")
 

@@ -114,15 +114,22 @@ sys.exit(max(p.wait() for p in procs))
 
 
 def standin(tmp_path):
-  """A directory holding the stand-in `gcloud`, and the environment that puts it first."""
-  bin_dir, state = tmp_path / "bin", tmp_path / "gcloud"
-  bin_dir.mkdir()
-  state.mkdir()
+  """A directory holding the stand-in `gcloud`, and the environment that puts it first
+  (with TMPDIR in tmp_path: launcher_leftovers reads what the launcher left there)."""
+  bin_dir, state, tmp = tmp_path / "bin", tmp_path / "gcloud", tmp_path / "tmp"
+  for folder in (bin_dir, state, tmp):
+    folder.mkdir()
   (bin_dir / "gcloud").write_text(GCLOUD.format(python=sys.executable))
   (bin_dir / "gcloud").chmod(0o755)
   env = subprocess_env(PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
-                       GCLOUD_STANDIN_DIR=str(state))
+                       GCLOUD_STANDIN_DIR=str(state), TMPDIR=str(tmp))
   return state, env
+
+
+def launcher_leftovers(tmp_path) -> list[str]:
+  """The launcher's staging directories still in TMPDIR (each install packs the project
+  into one and must remove it)."""
+  return sorted(p.name for p in (tmp_path / "tmp").glob("hnet-launch-*"))
 
 
 def calls(state):
@@ -226,6 +233,8 @@ def test_two_workers_train_like_one_through_preemptions(corpus, tmp_path, tmp_pa
   assert len(creates) == 2 and all("--spot" in c for c in creates)  # first, and after the preemption
   starts = [c for c in recorded if any("tpu_worker.sh start" in a for a in c)]
   assert len(starts) == 3 and all("--worker=all" in c for c in starts)
+  installs = [c for c in recorded if c[:4] == ["compute", "tpus", "tpu-vm", "scp"]]
+  assert len(installs) == 2 and launcher_leftovers(tmp_path) == []  # both tarballs removed
 
 
 def test_a_failing_run_on_a_healthy_slice_is_not_relaunched(corpus, tmp_path):
